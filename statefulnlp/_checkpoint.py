@@ -1,0 +1,149 @@
+"""Checkpoints: the whole solver loop state in one `.npz` file, without pickle.
+
+The file holds every leaf of the driver's carry (iterate, problem state, solver
+memory such as L-BFGS pairs or the trust radius, counters, PRNG keys as raw key
+data) as plain arrays, plus a JSON document (`__meta__`, stored as bytes) with
+the format version, the problem/solver identity, the iteration, the data
+position and the carry's structure. It is written to a temporary file in the
+same directory, flushed and renamed over the target, so a crash never leaves a
+half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._errors import CheckpointError
+from ._tree import PyTree, is_key_array
+
+__all__ = ["load_checkpoint", "save_checkpoint"]
+
+FORMAT = "statefulnlp-checkpoint"
+VERSION = 1
+
+
+def _leaf_to_numpy(leaf: Any) -> tuple[np.ndarray, str | None]:
+    if is_key_array(leaf):
+        impl = str(jax.random.key_impl(leaf))
+        return np.asarray(jax.device_get(jax.random.key_data(leaf))), impl
+    return np.asarray(jax.device_get(leaf)), None
+
+
+def save_checkpoint(path: str, carry: PyTree, meta: dict[str, Any]) -> None:
+    """Write `carry` and `meta` to `path` atomically (write, fsync, rename)."""
+    leaves, treedef = jax.tree_util.tree_flatten(carry)
+    arrays: dict[str, np.ndarray] = {}
+    key_impls: dict[str, str] = {}
+    for i, leaf in enumerate(leaves):
+        arr, impl = _leaf_to_numpy(leaf)
+        name = f"leaf_{i:05d}"
+        arrays[name] = arr
+        if impl is not None:
+            key_impls[name] = impl
+    document = dict(meta)
+    document.update(
+        format=FORMAT,
+        version=VERSION,
+        treedef=str(treedef),
+        num_leaves=len(leaves),
+        key_impls=key_impls,
+    )
+    arrays["__meta__"] = np.frombuffer(json.dumps(document).encode("utf-8"), dtype=np.uint8)
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_meta(path: str) -> dict[str, Any]:
+    """The JSON metadata of a checkpoint (raises `CheckpointError` if unreadable)."""
+    data = _open(path)
+    with data:
+        return _meta(data, path)
+
+
+def _open(path: str):
+    if not os.path.exists(path):
+        raise CheckpointError(f"resume: no checkpoint file at {path!r}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise CheckpointError(f"resume: {path!r} is not a readable checkpoint ({err})") from None
+
+
+def _meta(data: Any, path: str) -> dict[str, Any]:
+    try:
+        raw = data["__meta__"]
+        meta = json.loads(bytes(np.asarray(raw, dtype=np.uint8)).decode("utf-8"))
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+        raise CheckpointError(f"resume: {path!r} has no readable metadata ({err})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"resume: {path!r} is not a statefulnlp checkpoint")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(
+            f"resume: {path!r} has checkpoint format version {meta.get('version')}, "
+            f"this statefulnlp reads version {VERSION}"
+        )
+    return meta
+
+
+def load_checkpoint(path: str, template: PyTree, identity: dict[str, Any]) -> tuple[PyTree, dict[str, Any]]:
+    """Read a checkpoint into the structure of `template` (a tree of ShapeDtypeStruct).
+
+    `identity` holds what must match (problem size, dtype, solver, policy);
+    any difference, a corrupt or truncated file, or a carry of another shape
+    raises `CheckpointError` naming what differs.
+    """
+    data = _open(path)
+    with data:
+        meta = _meta(data, path)
+        for key in ("nvar", "dtype", "solver", "state_policy", "data_kind"):
+            if key in identity and meta.get(key) != identity[key]:
+                raise CheckpointError(
+                    f"resume: the checkpoint was written for {key}={meta.get(key)!r} but this solve "
+                    f"has {key}={identity[key]!r}"
+                )
+        t_leaves, treedef = jax.tree_util.tree_flatten(template)
+        if meta.get("num_leaves") != len(t_leaves) or meta.get("treedef") != str(treedef):
+            raise CheckpointError(
+                "resume: the checkpoint's solver memory does not match this solver and problem "
+                "(different solver settings, state structure or quasi-Newton model?)"
+            )
+        key_impls = meta.get("key_impls", {})
+        leaves = []
+        for i, spec in enumerate(t_leaves):
+            name = f"leaf_{i:05d}"
+            try:
+                arr = np.asarray(data[name])
+            except (KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+                raise CheckpointError(f"resume: {path!r} is truncated or corrupt ({err})") from None
+            if name in key_impls:
+                key = jax.random.wrap_key_data(jnp.asarray(arr), impl=key_impls[name])
+                if key.shape != spec.shape:
+                    raise CheckpointError(f"resume: key leaf {i} has shape {key.shape}, expected {spec.shape}")
+                leaves.append(key)
+                continue
+            if arr.shape != tuple(spec.shape) or arr.dtype != np.dtype(spec.dtype):
+                raise CheckpointError(
+                    f"resume: leaf {i} of the checkpoint has {arr.dtype}{list(arr.shape)}, expected "
+                    f"{np.dtype(spec.dtype)}{list(spec.shape)}"
+                )
+            leaves.append(jnp.asarray(arr))
+    return jax.tree_util.tree_unflatten(treedef, leaves), meta

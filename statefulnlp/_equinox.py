@@ -1,0 +1,215 @@
+"""Equinox models as optimization problems."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ._data import DataLoader
+from ._errors import InvalidArgumentError, InvalidTypeError
+from ._problem import StatefulNLPModel, _as_vector
+from ._tree import PyTree, to_jax_tree
+
+__all__ = ["EquinoxNLPModel"]
+
+
+class _Static(eqx.Module):
+    """A pytree's non-array part, stored as treedef + leaves so that it hashes by value."""
+
+    treedef: Any = eqx.field(static=True)
+    leaves: tuple[Any, ...] = eqx.field(static=True)
+
+    @classmethod
+    def of(cls, tree: PyTree) -> _Static:
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        safe = []
+        for leaf in leaves:
+            try:
+                hash(leaf)
+            except TypeError:
+                leaf = _ById(leaf)
+            safe.append(leaf)
+        return cls(treedef, tuple(safe))
+
+    def tree(self) -> PyTree:
+        leaves = [x.value if isinstance(x, _ById) else x for x in self.leaves]
+        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+
+class _ById:
+    """Wraps an unhashable static leaf; equal only to itself."""
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __hash__(self) -> int:
+        return id(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ById) and other.value is self.value
+
+
+class _EquinoxFn(eqx.Module):
+    """`(x_tree, state, batch, consts) -> loss(model, state, batch)`."""
+
+    loss: Callable[..., Any] = eqx.field(static=True)
+    static: _Static
+
+    def __call__(self, x_tree, state, batch, consts):
+        model = eqx.combine(x_tree, consts, self.static.tree())
+        return self.loss(model, state, batch)
+
+
+def _split_model(model: eqx.Module) -> tuple[PyTree, PyTree, PyTree]:
+    params, rest = eqx.partition(model, eqx.is_inexact_array)
+    consts, static = eqx.partition(rest, eqx.is_array)
+    return params, consts, static
+
+
+class EquinoxNLPModel(StatefulNLPModel):
+    """An Equinox model, its state and a loss, as an optimization problem.
+
+    The variables are the model's inexact-array leaves (`eqx.is_inexact_array`);
+    everything else is static (integer arrays are passed along as constants).
+    `state` is the model's explicit state: an `eqx.nn.State` (BatchNorm
+    statistics), dropout keys, or any other pytree.
+
+    `loss(model, state, batch) -> (loss, new_state)`;
+    `predict(model, state, inputs) -> logits` is used by `accuracy`, on the
+    model switched to inference mode.
+
+    Example:
+        ```python
+        import equinox as eqx, jax, jax.numpy as jnp
+        import statefulnlp as snlp
+
+        model = eqx.nn.Linear(3, 2, key=jax.random.key(0))
+
+        def loss(model, state, batch):
+            X, y = batch
+            logits = jax.vmap(model)(X)
+            ce = -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(len(y)), y])
+            return ce, state
+
+        X, y = jnp.ones((8, 3)), jnp.arange(8) % 2
+        nlp = snlp.EquinoxNLPModel(model, None, loss, (X, y),
+                                   predict=lambda m, s, X: jax.vmap(m)(X))
+        assert nlp.nvar == 8
+        trained = nlp.to_model(nlp.x0)
+        ```
+    """
+
+    def __init__(
+        self,
+        model: eqx.Module,
+        state: PyTree,
+        loss: Callable[[Any, PyTree, PyTree], tuple[Any, PyTree]],
+        train_data: Any,
+        test_data: Any = None,
+        predict: Callable[[Any, PyTree, Any], Any] | None = None,
+        *,
+        mesh: Any = None,
+    ):
+        if not isinstance(model, eqx.Module):
+            raise InvalidTypeError(f"model: expected an equinox.Module, got {type(model).__name__}")
+        if not callable(loss):
+            raise InvalidTypeError(f"loss: expected a callable, got {type(loss).__name__}")
+        if predict is not None and not callable(predict):
+            raise InvalidTypeError(f"predict: expected a callable or None, got {type(predict).__name__}")
+        params, consts, static = _split_model(model)
+        if not jax.tree_util.tree_leaves(params):
+            raise InvalidArgumentError("model: has no inexact (float) array to optimize")
+        consts = to_jax_tree(consts, "model")
+        self._static = _Static.of(static)
+        self._predict = predict
+        self._test_data = test_data
+        fn = _EquinoxFn(loss, self._static)
+        self._setup(fn, params, state, train_data, consts=consts, name="loss", mesh=mesh)
+        self._jit_correct = None
+
+    def to_model(self, x: Float[Array, " n"] | None = None) -> eqx.Module:
+        """The `eqx.Module` with variables `x` (default: `x0`), each leaf in its own dtype."""
+        x = self.x0 if x is None else x
+        params = self.unflatten(x)
+        return eqx.combine(params, self._consts, self._static.tree())
+
+    def accuracy(
+        self, x: Float[Array, " n"], state: PyTree = None, data: Any = None, *, chunk: int = 1024
+    ) -> float:
+        """Fraction of samples whose `argmax(predict(...))` equals the label.
+
+        `data` defaults to the `test_data` given at construction: an `(inputs,
+        labels)` pair, a `DataLoader` over such pairs, or an iterable of pairs.
+        Labels are integer class indices (or one-hot rows). The model runs in
+        inference mode (`eqx.nn.inference_mode`), in fixed-size chunks so that a
+        large test set compiles once and fits in memory.
+        """
+        if self._predict is None:
+            raise InvalidArgumentError(
+                "predict: accuracy needs EquinoxNLPModel(..., predict=fn) with "
+                "fn(model, state, inputs) -> logits"
+            )
+        data = self._test_data if data is None else data
+        if data is None:
+            raise InvalidArgumentError("data: no data given and the model has no test_data")
+        state = self.state0 if state is None else state
+        if self._jit_correct is None:
+            self._jit_correct = jax.jit(functools.partial(_count_correct, self._predict))
+        model = eqx.nn.inference_mode(self.to_model(_as_vector(x, "x")))
+        params, consts, static = _split_model(model)
+        static = _Static.of(static)
+        correct = 0
+        total = 0
+        for inputs, labels, mask in _eval_chunks(data, chunk):
+            correct += self._jit_correct(static, params, consts, state, inputs, labels, mask)
+            total += int(np.sum(np.asarray(mask)))
+        if total == 0:
+            raise InvalidArgumentError("data: holds no sample")
+        return float(correct) / total
+
+
+def _count_correct(predict, static, params, consts, state, inputs, labels, mask):
+    model = eqx.combine(params, consts, static.tree())
+    logits = predict(model, state, inputs)
+    if labels.ndim == 2:
+        labels = jnp.argmax(labels, axis=-1)
+    hit = (jnp.argmax(logits, axis=-1) == labels) & mask
+    return jnp.sum(hit)
+
+
+def _eval_chunks(data: Any, chunk: int) -> Iterable[tuple[Any, Any, Any]]:
+    """Yield `(inputs, labels, mask)` chunks of a fixed size (the last one padded)."""
+    if isinstance(data, DataLoader):
+        pairs: Iterable[Any] = data
+    elif isinstance(data, tuple | list) and len(data) == 2 and hasattr(data[0], "shape"):
+        pairs = [tuple(data)]
+    elif isinstance(data, Mapping) or isinstance(data, str | bytes):
+        raise InvalidTypeError("data: expected (inputs, labels) or an iterable of such pairs")
+    else:
+        pairs = data
+    for pair in pairs:
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise InvalidTypeError("data: expected (inputs, labels) pairs")
+        inputs, labels = jnp.asarray(pair[0]), jnp.asarray(pair[1])
+        n = inputs.shape[0]
+        if labels.shape[0] != n:
+            raise InvalidArgumentError(
+                f"data: inputs have {n} samples but labels have {labels.shape[0]}"
+            )
+        size = min(chunk, n) if n else 0
+        for start in range(0, n, max(size, 1)):
+            xi, yi = inputs[start : start + size], labels[start : start + size]
+            m = xi.shape[0]
+            mask = jnp.arange(size) < m
+            if m < size:
+                pad = size - m
+                xi = jnp.concatenate([xi, jnp.repeat(xi[-1:], pad, axis=0)])
+                yi = jnp.concatenate([yi, jnp.repeat(yi[-1:], pad, axis=0)])
+            yield xi, yi, mask

@@ -1,0 +1,138 @@
+"""The evaluation layer: the one place where a state policy is enforced.
+
+Within iteration k a solver sees one deterministic function
+`f_k(x) = loss(x, s_k, B_k)` through an `Oracle`: every evaluation it makes
+(trial points, line-search steps, Hessian-vector products) uses the frozen
+state `s_k` and batch `B_k`. An evaluation returns the state that `fn`
+produced at that point; the solver hands back the `Evaluation` of its accepted
+point, and the driver (never the solver) decides from it what `s_{k+1}` is.
+
+The oracle is a pure pytree: each call returns an updated oracle whose `Tally`
+counts the evaluations and, under the `reject` policy, records which state
+leaves an evaluation changed. Solvers thread it through their loops like a
+PRNG key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from ._problem import _Core
+from ._tree import PyTree, changed_mask
+
+__all__ = ["Evaluation", "Oracle", "Tally"]
+
+
+class Evaluation(eqx.Module):
+    """f and its gradient at `x` under the iteration's frozen state and batch.
+
+    `state` is the new state that `fn` returned at `x`; solvers carry it
+    opaquely and never look inside.
+    """
+
+    x: Float[Array, " n"]
+    f: Float[Array, ""]
+    g: Float[Array, " n"]
+    state: PyTree
+
+
+class Tally(eqx.Module):
+    """Device-side bookkeeping of the evaluations made through an oracle."""
+
+    obj: Int[Array, ""]
+    grad: Int[Array, ""]
+    hprod: Int[Array, ""]
+    mutated: Bool[Array, " leaves"]
+
+    @classmethod
+    def zeros(cls, n_leaves: int) -> Tally:
+        z = jnp.zeros((), jnp.int32)
+        return cls(z, z, z, jnp.zeros((n_leaves,), bool))
+
+    def add(self, obj: Any = 0, grad: Any = 0, hprod: Any = 0) -> Tally:
+        return Tally(self.obj + obj, self.grad + grad, self.hprod + hprod, self.mutated)
+
+    @property
+    def evaluations(self) -> Int[Array, ""]:
+        """Function evaluations of any kind (a one-step solver makes exactly one)."""
+        return self.obj + jnp.maximum(self.grad - self.obj, 0) + self.hprod
+
+
+class Oracle(eqx.Module):
+    """The frozen function f_k of one iteration: `(x) -> f, grad, H v` under s_k, B_k.
+
+    Attributes:
+        core: the problem's numerical core (static).
+        state: the frozen state s_k; every evaluation starts from it.
+        batch: the frozen minibatch B_k.
+        consts: the problem's constant arrays.
+        hessian: a quasi-Newton approximation `(memory, v) -> B v`, or None for exact HVPs.
+        memory: the quasi-Newton pair memory (None for exact HVPs).
+        check_mutation: True under the `reject` policy.
+        tally: counts and mutation flags so far.
+    """
+
+    core: _Core = eqx.field(static=True)
+    state: PyTree
+    batch: PyTree
+    consts: PyTree
+    hessian: Any = eqx.field(static=True)
+    memory: PyTree
+    check_mutation: bool = eqx.field(static=True)
+    tally: Tally
+
+    def _record(self, new_state: PyTree, obj: int = 0, grad: int = 0, hprod: int = 0) -> Oracle:
+        tally = self.tally.add(obj, grad, hprod)
+        if self.check_mutation:
+            mask = changed_mask(new_state, self.state)
+            first = jnp.where(jnp.any(tally.mutated), tally.mutated, mask)
+            tally = Tally(tally.obj, tally.grad, tally.hprod, first)
+        return dataclasses.replace(self, tally=tally)
+
+    def obj(self, x: Float[Array, " n"]) -> tuple[Float[Array, ""], PyTree, Oracle]:
+        """`(f_k(x), new_state, oracle)`."""
+        f, new_state = self.core.value(x, self.state, self.batch, self.consts)
+        return f, new_state, self._record(new_state, obj=1)
+
+    def objgrad(self, x: Float[Array, " n"]) -> tuple[Evaluation, Oracle]:
+        """`(Evaluation(x, f, g, new_state), oracle)`: one forward+backward pass."""
+        f, g, new_state = self.core.value_and_grad(x, self.state, self.batch, self.consts)
+        return Evaluation(x, f, g, new_state), self._record(new_state, obj=1, grad=1)
+
+    def grad(self, x: Float[Array, " n"]) -> tuple[Float[Array, " n"], PyTree, Oracle]:
+        """`(grad f_k(x), new_state, oracle)`."""
+        _, g, new_state = self.core.value_and_grad(x, self.state, self.batch, self.consts)
+        return g, new_state, self._record(new_state, grad=1)
+
+    def hprod(
+        self, x: Float[Array, " n"], v: Float[Array, " n"]
+    ) -> tuple[Float[Array, " n"], Oracle]:
+        """`(H_k(x) v, oracle)`: exact, or the quasi-Newton approximation's product."""
+        if self.hessian is not None:
+            return self.hessian.apply(self.memory, v), self._record(self.state, hprod=1)
+        hv, new_state = self.core.hvp(x, v, self.state, self.batch, self.consts)
+        return hv, self._record(new_state, hprod=1)
+
+    def value_fn(self) -> Callable[[Float[Array, " n"]], Float[Array, ""]]:
+        """f_k as a plain differentiable function (for third-party line searches).
+
+        Its evaluations are not counted and its states are discarded; add the
+        counts with `counted` when they are known.
+        """
+
+        def value(x):
+            f, _ = self.core.value(x, self.state, self.batch, self.consts)
+            return f
+
+        return value
+
+    def counted(self, obj: Any = 0, grad: Any = 0) -> Oracle:
+        """The oracle with evaluations made outside it (through `value_fn`) added."""
+        return dataclasses.replace(self, tally=self.tally.add(obj, grad))

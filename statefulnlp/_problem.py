@@ -1,0 +1,481 @@
+"""Problems: a loss with explicit state, seen as a function of one flat vector.
+
+`StatefulNLPModel` turns `fn(x, state, batch) -> (loss, new_state)` with any
+pytree `x` into an optimization problem over a flat 1-D vector. Its numerical
+core (`_Core`) holds pure functions of `(x, state, batch, consts)` for the
+loss, loss+gradient and Hessian-vector product; they are compiled once per
+shape/dtype and reused across calls and minibatches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ._data import _Stream, make_stream
+from ._errors import InvalidArgumentError, InvalidTypeError, NonFiniteError
+from ._tree import (
+    Flattener,
+    PyTree,
+    TreeSignature,
+    cast_like,
+    describe_mismatch,
+    make_flattener,
+    signature,
+    to_jax_tree,
+)
+
+__all__ = ["AbstractNLPModel", "Counters", "StatefulNLPModel"]
+
+_MISSING: Any = object()
+
+
+@dataclasses.dataclass
+class Counters:
+    """Evaluations made so far (Python ints).
+
+    `objgrad` adds one to `obj` and one to `grad`; `max_eval` in `solve` bounds `obj`.
+    """
+
+    obj: int = 0
+    grad: int = 0
+    hprod: int = 0
+
+    def reset(self) -> None:
+        self.obj = self.grad = self.hprod = 0
+
+    def add(self, obj: int = 0, grad: int = 0, hprod: int = 0) -> None:
+        self.obj += int(obj)
+        self.grad += int(grad)
+        self.hprod += int(hprod)
+
+
+class TraceCounts(dict):
+    """How many times each jitted function was traced (compiled); for tests and tuning.
+
+    Compares equal to any other `TraceCounts` and hashes to a constant, so it can
+    ride along in a static (hashed) argument of `jit` without splitting its cache.
+    """
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TraceCounts)
+
+    def __hash__(self) -> int:
+        return 0
+
+    def bump(self, name: str) -> None:
+        self[name] = self.get(name, 0) + 1
+
+
+class _Core(eqx.Module):
+    """The pure numerical core of a problem. Hashable: a static argument of `jit`.
+
+    `fn(tree_x, state, batch, consts) -> (loss, new_state)`. `consts` are arrays
+    that are neither variables nor state (e.g. integer buffers of a model); they
+    are passed as a dynamic argument so they are not baked into the compiled code.
+    """
+
+    fn: Callable[..., Any]
+    flat: Flattener
+    state_sig: TreeSignature = eqx.field(static=True)
+    name: str = eqx.field(static=True)
+    traces: TraceCounts = eqx.field(static=True)
+
+    @property
+    def dtype(self) -> Any:
+        return self.flat.dtype
+
+    @property
+    def nvar(self) -> int:
+        return self.flat.size
+
+    # -- checks made while tracing (so they cost nothing per call) -------------
+    def _check_inputs(self, x: Any, state: PyTree, what: str = "x") -> None:
+        shape = tuple(np.shape(x))
+        if shape != (self.nvar,):
+            raise InvalidArgumentError(
+                f"{what}: expected a flat vector of shape ({self.nvar},), got shape {shape}"
+            )
+        dtype = getattr(x, "dtype", None)
+        if dtype != self.dtype:
+            raise InvalidTypeError(
+                f"{what}: expected dtype {self.dtype} (the dtype of nlp.x0), got {dtype}"
+            )
+        problem = describe_mismatch(self.state_sig, signature(state))
+        if problem is not None:
+            raise InvalidArgumentError(
+                f"state: does not match the problem's state (nlp.state0): {problem}"
+            )
+
+    def _check_output(self, out: Any) -> tuple[jax.Array, PyTree]:
+        if not isinstance(out, tuple | list) or len(out) != 2:
+            got = f"a {len(out)}-tuple" if isinstance(out, tuple | list) else type(out).__name__
+            raise InvalidTypeError(
+                f"fn: {self.name} must return a pair (loss, new_state), got {got}"
+            )
+        loss, new_state = out
+        shape = tuple(np.shape(loss))
+        dtype = getattr(loss, "dtype", None)
+        if shape != () or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+            raise InvalidTypeError(
+                f"fn: {self.name} must return a scalar float loss, got "
+                f"{'dtype ' + str(dtype) if dtype is not None else type(loss).__name__} "
+                f"of shape {list(shape)}"
+            )
+        problem = describe_mismatch(self.state_sig, signature(new_state))
+        if problem is not None:
+            raise InvalidArgumentError(
+                f"fn: {self.name} returned a new_state that does not match its input state: "
+                f"{problem}. The state must keep its structure, shapes and dtypes."
+            )
+        return loss.astype(self.dtype), cast_like(new_state, self.state_sig)
+
+    # -- the pure functions ----------------------------------------------------
+    def value(self, x: jax.Array, state: PyTree, batch: PyTree, consts: PyTree):
+        """`(f, new_state)` at the flat point `x`."""
+        self._check_inputs(x, state)
+        return self._check_output(self.fn(self.flat.unflatten(x), state, batch, consts))
+
+    def value_and_grad(self, x: jax.Array, state: PyTree, batch: PyTree, consts: PyTree):
+        """`(f, g, new_state)`: one forward and one backward pass."""
+        self._check_inputs(x, state)
+
+        def f(z):
+            return self._check_output(self.fn(self.flat.unflatten(z), state, batch, consts))
+
+        (value, new_state), grad = jax.value_and_grad(f, has_aux=True)(x)
+        return value, grad, new_state
+
+    def hvp(self, x: jax.Array, v: jax.Array, state: PyTree, batch: PyTree, consts: PyTree):
+        """`(H v, new_state)`: exact Hessian-vector product, forward-over-reverse."""
+        self._check_inputs(v, state, what="v")
+
+        def grad(z):
+            _, g, new_state = self.value_and_grad(z, state, batch, consts)
+            return g, new_state
+
+        _, hv, new_state = jax.jvp(grad, (x,), (v,), has_aux=True)
+        return hv, new_state
+
+
+# Traced implementations bound to one core (the counters make retracing visible).
+def _obj_impl(core: _Core, x, state, batch, consts):
+    core.traces.bump("obj")
+    return core.value(x, state, batch, consts)
+
+
+def _objgrad_impl(core: _Core, x, state, batch, consts):
+    core.traces.bump("objgrad")
+    return core.value_and_grad(x, state, batch, consts)
+
+
+def _grad_impl(core: _Core, x, state, batch, consts):
+    core.traces.bump("grad")
+    _, g, new_state = core.value_and_grad(x, state, batch, consts)
+    return g, new_state
+
+
+def _hprod_impl(core: _Core, x, v, state, batch, consts):
+    core.traces.bump("hprod")
+    return core.hvp(x, v, state, batch, consts)
+
+
+def _as_vector(x: Any, name: str) -> jax.Array:
+    if isinstance(x, jax.Array):
+        return x
+    try:
+        return jnp.asarray(x)
+    except (TypeError, ValueError) as err:
+        raise InvalidTypeError(f"{name}: expected an array, got {type(x).__name__}") from err
+
+
+class AbstractNLPModel:
+    """What every problem offers to the solvers (see `StatefulNLPModel`)."""
+
+    counters: Counters
+
+    # The parts `solve` needs; subclasses provide them.
+    @property
+    def _core(self) -> _Core:
+        raise NotImplementedError
+
+    @property
+    def _consts(self) -> PyTree:
+        raise NotImplementedError
+
+    @property
+    def _stream(self) -> _Stream:
+        raise NotImplementedError
+
+    @property
+    def _batch_version(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def x0(self) -> Float[Array, " n"]:
+        raise NotImplementedError
+
+    @property
+    def state0(self) -> PyTree:
+        raise NotImplementedError
+
+    @property
+    def nvar(self) -> int:
+        return self._core.nvar
+
+    @property
+    def dtype(self) -> Any:
+        """The dtype of the flat variables (the `result_type` of the leaves)."""
+        return self._core.dtype
+
+    @property
+    def batch(self) -> PyTree:
+        """The current training minibatch (what `fn` receives)."""
+        return self._stream.current()
+
+
+class StatefulNLPModel(AbstractNLPModel):
+    """An optimization problem whose loss carries explicit state.
+
+    `fn(x, state, batch) -> (loss, new_state)`: `x` has the structure of `x0`
+    (any pytree of float arrays), `loss` is a float scalar, and `new_state` must
+    have the structure, shapes and dtypes of `state`. The variables are exposed
+    as one flat vector `nlp.x0` of length `nlp.nvar`, in the `result_type` of
+    the leaves (each leaf is cast back to its own dtype before `fn` sees it).
+
+    `data` is `None` (`fn` gets `batch=None`), one full batch (a tuple, dict or
+    array), or a stream of batches: a `DataLoader`, list, generator or any other
+    iterable, re-iterated at the end of an epoch. Only `next_batch()` advances
+    the stream.
+
+    `obj`, `grad`, `objgrad` and `hprod` evaluate on the current batch. They are
+    jitted, compiled once per input shape/dtype, take the state explicitly and
+    return the new one; they never copy to the host.
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        import statefulnlp as snlp
+
+        def fn(x, state, batch):
+            loss = jnp.sum((x["w"] - batch) ** 2)
+            return loss, state + 1  # the state counts evaluations
+
+        nlp = snlp.StatefulNLPModel(fn, {"w": jnp.zeros(3)}, state=jnp.int32(0),
+                                    data=jnp.ones(3))
+        f, s1 = nlp.obj(nlp.x0, nlp.state0)
+        assert float(f) == 3.0 and int(s1) == 1 and nlp.counters.obj == 1
+        ```
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[PyTree, PyTree, PyTree], tuple[Any, PyTree]],
+        x0: PyTree,
+        state: PyTree = None,
+        data: Any = None,
+        *,
+        mesh: Any = None,
+    ):
+        if not callable(fn):
+            raise InvalidTypeError(f"fn: expected a callable, got {type(fn).__name__}")
+        self._setup(_PlainFn(fn), x0, state, data, consts=None, name="fn", mesh=mesh)
+
+    # -- construction shared with the model wrappers ----------------------------
+    def _setup(
+        self,
+        fn: Callable[..., Any],
+        x0: PyTree,
+        state: PyTree,
+        data: Any,
+        *,
+        consts: PyTree,
+        name: str,
+        mesh: Any,
+    ) -> None:
+        x0_tree = to_jax_tree(x0, "x0")
+        flat = make_flattener(x0_tree, "x0")
+        x0_flat = flat.flatten(x0_tree)
+        if not bool(jnp.all(jnp.isfinite(x0_flat))):
+            raise InvalidArgumentError("x0: contains NaN or infinite values")
+        state = to_jax_tree(state, "state")
+        self._mesh = _check_mesh(mesh)
+        self.__stream = make_stream(data)
+        if self._mesh is not None:
+            from ._sharding import ShardedStream
+
+            self.__stream = ShardedStream(self.__stream, self._mesh)
+        self.__core = _Core(fn, flat, signature(state), name, TraceCounts())
+        self.__consts = consts
+        if self._mesh is not None:
+            from ._sharding import replicate
+
+            x0_flat, state, self.__consts = replicate((x0_flat, state, self.__consts), self._mesh)
+        self.__x0 = x0_flat
+        self.__state0 = state
+        self.__version = 0
+        self.counters = Counters()
+        self._check_fn()
+        core = self.__core
+        self._jit_obj = jax.jit(functools.partial(_obj_impl, core))
+        self._jit_objgrad = jax.jit(functools.partial(_objgrad_impl, core))
+        self._jit_grad = jax.jit(functools.partial(_grad_impl, core))
+        self._jit_hprod = jax.jit(functools.partial(_hprod_impl, core))
+
+    def _check_fn(self) -> None:
+        """Trace `fn` once (no compilation) so a bad return value is reported now."""
+        core = self.__core
+        jax.eval_shape(
+            core.value, self.__x0, self.__state0, self.__stream.current(), self.__consts
+        )
+
+    # -- the parts `solve` uses -------------------------------------------------
+    @property
+    def _core(self) -> _Core:
+        return self.__core
+
+    @property
+    def _consts(self) -> PyTree:
+        return self.__consts
+
+    @property
+    def _stream(self) -> _Stream:
+        return self.__stream
+
+    @property
+    def _batch_version(self) -> int:
+        return self.__version
+
+    # -- public API -------------------------------------------------------------
+    @property
+    def x0(self) -> Float[Array, " n"]:
+        """The initial variables as one flat vector."""
+        return self.__x0
+
+    @property
+    def state0(self) -> PyTree:
+        """The initial state (any pytree, possibly None)."""
+        return self.__state0
+
+    @property
+    def mesh(self) -> Any:
+        """The `jax.sharding.Mesh` the batches are sharded over, or None."""
+        return self._mesh
+
+    @property
+    def trace_counts(self) -> dict[str, int]:
+        """How many times `obj`/`objgrad`/`grad`/`hprod` were traced (compiled)."""
+        return dict(self.__core.traces)
+
+    def unflatten(self, x: Float[Array, " n"]) -> PyTree:
+        """The variables `x` in the structure (and leaf dtypes) of the original `x0`."""
+        x = _as_vector(x, "x")
+        self.__core._check_inputs(x, self.__state0)
+        return self.__core.flat.unflatten(x)
+
+    def flatten(self, tree: PyTree) -> Float[Array, " n"]:
+        """The flat vector of a pytree with the structure of the original `x0`."""
+        sig = signature(tree)
+        flat = self.__core.flat
+        if sig.treedef != flat.treedef or tuple(s.shape for s in sig.leaves) != flat.shapes:
+            raise InvalidArgumentError("tree: expected a pytree with the structure and shapes of x0")
+        return flat.flatten(tree)
+
+    def _state_arg(self, state: PyTree) -> PyTree:
+        return self.__state0 if state is _MISSING else state
+
+    def obj(self, x: Float[Array, " n"], state: PyTree = _MISSING) -> tuple[Array, PyTree]:
+        """`(f, new_state)` on the current minibatch. `state` defaults to `state0`."""
+        out = self._jit_obj(
+            _as_vector(x, "x"), self._state_arg(state), self.__stream.current(), self.__consts
+        )
+        self.counters.obj += 1
+        return out
+
+    def grad(self, x: Float[Array, " n"], state: PyTree = _MISSING) -> tuple[Array, PyTree]:
+        """`(g, new_state)` on the current minibatch."""
+        out = self._jit_grad(
+            _as_vector(x, "x"), self._state_arg(state), self.__stream.current(), self.__consts
+        )
+        self.counters.grad += 1
+        return out
+
+    def objgrad(
+        self, x: Float[Array, " n"], state: PyTree = _MISSING
+    ) -> tuple[Array, Array, PyTree]:
+        """`(f, g, new_state)` from one forward and one backward pass."""
+        out = self._jit_objgrad(
+            _as_vector(x, "x"), self._state_arg(state), self.__stream.current(), self.__consts
+        )
+        self.counters.obj += 1
+        self.counters.grad += 1
+        return out
+
+    def hprod(
+        self, x: Float[Array, " n"], v: Float[Array, " n"], state: PyTree = _MISSING
+    ) -> tuple[Array, PyTree]:
+        """`(H(x) v, new_state)`: the exact Hessian-vector product (forward-over-reverse)."""
+        out = self._jit_hprod(
+            _as_vector(x, "x"),
+            _as_vector(v, "v"),
+            self._state_arg(state),
+            self.__stream.current(),
+            self.__consts,
+        )
+        self.counters.hprod += 1
+        return out
+
+    def next_batch(self) -> None:
+        """Advance the training minibatch (wrapping around at the end of an epoch)."""
+        self.__stream.advance()
+        self.__version += 1
+
+    def reset_counters(self) -> None:
+        """Set all evaluation counters back to zero."""
+        self.counters.reset()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(nvar={self.nvar}, dtype={self.dtype}, "
+            f"data={self.__stream.kind})"
+        )
+
+
+class _PlainFn(eqx.Module):
+    """Adapts the user's `fn(x, state, batch)` to the core's 4-argument form."""
+
+    fn: Callable[..., Any] = eqx.field(static=True)
+
+    def __call__(self, x, state, batch, consts):
+        del consts
+        return self.fn(x, state, batch)
+
+
+def _check_mesh(mesh: Any) -> Any:
+    if mesh is None:
+        return None
+    from jax.sharding import Mesh
+
+    if not isinstance(mesh, Mesh):
+        raise InvalidTypeError(f"mesh: expected a jax.sharding.Mesh or None, got {type(mesh).__name__}")
+    if "data" not in mesh.axis_names:
+        raise InvalidArgumentError(
+            f"mesh: expected a mesh with an axis named 'data', got axes {tuple(mesh.axis_names)}"
+        )
+    return mesh
+
+
+def check_finite_start(f: Any, g: Any) -> None:
+    """Raise `NonFiniteError` if the objective or gradient at x0 is not finite."""
+    if not np.isfinite(float(f)):
+        raise NonFiniteError(f"the objective at x0 is not finite (f = {float(f)}); check x0 and fn")
+    if not bool(np.all(np.isfinite(np.asarray(g)))):
+        raise NonFiniteError("the gradient at x0 contains NaN or infinite values; check x0 and fn")

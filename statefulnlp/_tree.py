@@ -1,0 +1,199 @@
+"""Small pytree helpers shared by the problem layer, the driver and checkpoints.
+
+Everything here is pure; the functions that run inside `jit` use only `jax.numpy`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._errors import InvalidArgumentError, InvalidTypeError
+
+PyTree = Any
+
+
+def is_key_array(x: Any) -> bool:
+    """True for typed PRNG key arrays (`jax.random.key`)."""
+    dtype = getattr(x, "dtype", None)
+    return dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+class LeafSpec(NamedTuple):
+    """Shape and dtype of one leaf (weak types ignored)."""
+
+    shape: tuple[int, ...]
+    dtype: Any
+
+    def describe(self) -> str:
+        return f"{np.dtype(self.dtype).name if not _is_key_dtype(self.dtype) else self.dtype}{list(self.shape)}"
+
+
+def _is_key_dtype(dtype: Any) -> bool:
+    return jnp.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+class TreeSignature(NamedTuple):
+    """The structure of a pytree and the shape/dtype of each leaf. Hashable."""
+
+    treedef: Any
+    leaves: tuple[LeafSpec, ...]
+    paths: tuple[str, ...]
+
+
+def signature(tree: PyTree) -> TreeSignature:
+    """The signature of `tree` (works on arrays and on `jax.ShapeDtypeStruct`)."""
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    leaves = tuple(LeafSpec(tuple(np.shape(x)), _leaf_dtype(x)) for _, x in with_path)
+    paths = tuple(jax.tree_util.keystr(p) for p, _ in with_path)
+    return TreeSignature(treedef, leaves, paths)
+
+
+def _leaf_dtype(x: Any) -> Any:
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        dtype = jnp.result_type(x)
+    return dtype
+
+
+def describe_mismatch(expected: TreeSignature, got: TreeSignature) -> str | None:
+    """A human sentence saying how `got` differs from `expected`, or None if equal."""
+    if expected.treedef != got.treedef:
+        return f"its structure changed from {expected.treedef} to {got.treedef}"
+    for path, a, b in zip(expected.paths, expected.leaves, got.leaves):
+        name = path or "<root>"
+        if a.shape != b.shape:
+            return f"leaf {name} changed shape from {list(a.shape)} to {list(b.shape)}"
+        if a.dtype != b.dtype:
+            return f"leaf {name} changed dtype from {a.dtype} to {b.dtype}"
+    return None
+
+
+def to_jax_tree(tree: PyTree, name: str) -> PyTree:
+    """Copy every leaf of `tree` to a (strongly typed) JAX array.
+
+    Python scalars and NumPy arrays become JAX arrays of JAX's default dtypes;
+    the user's objects are never modified (JAX arrays are immutable and NumPy
+    arrays are copied). Non-array leaves raise `InvalidTypeError` naming `name`.
+    """
+
+    def convert(path, leaf):
+        if is_key_array(leaf):
+            return leaf
+        if isinstance(leaf, jax.Array | np.ndarray | np.generic | bool | int | float | complex):
+            arr = jnp.asarray(leaf)
+            # jnp.asarray keeps Python scalars weakly typed; make them strong so
+            # that jit caches one signature regardless of how the user wrote them.
+            return jnp.array(arr, dtype=arr.dtype, copy=isinstance(leaf, np.ndarray))
+        raise InvalidTypeError(
+            f"{name}: every leaf must be an array or a number, but {name}"
+            f"{jax.tree_util.keystr(path)} is {type(leaf).__name__}"
+        )
+
+    return jax.tree_util.tree_map_with_path(convert, tree)
+
+
+def changed_mask(new: PyTree, old: PyTree) -> jax.Array:
+    """A boolean vector, one entry per leaf: True where `new` differs from `old`.
+
+    NaNs at the same positions compare equal. Works inside `jit`.
+    """
+    new_leaves = jax.tree_util.tree_leaves(new)
+    old_leaves = jax.tree_util.tree_leaves(old)
+    if not old_leaves:
+        return jnp.zeros((0,), dtype=bool)
+    flags = []
+    for a, b in zip(new_leaves, old_leaves):
+        if is_key_array(a):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        if jnp.issubdtype(a.dtype, jnp.inexact):
+            same = (a == b) | (jnp.isnan(a) & jnp.isnan(b))
+        else:
+            same = a == b
+        flags.append(~jnp.all(same))
+    return jnp.stack(flags)
+
+
+def tree_select(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
+    """Leafwise `where(pred, on_true, on_false)` for a scalar predicate (keys included)."""
+
+    def select(a, b):
+        if is_key_array(a):
+            data = jnp.where(pred, jax.random.key_data(a), jax.random.key_data(b))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
+        return jnp.where(pred, a, b)
+
+    return jax.tree_util.tree_map(select, on_true, on_false)
+
+
+def cast_like(tree: PyTree, reference: TreeSignature) -> PyTree:
+    """Cast every leaf of `tree` to the dtype recorded in `reference` (drops weak types)."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    out = []
+    for leaf, spec in zip(leaves, reference.leaves):
+        if is_key_array(leaf):
+            out.append(leaf)
+        else:
+            out.append(jax.lax.convert_element_type(leaf, spec.dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+class Flattener(eqx.Module):
+    """Maps a pytree of float arrays to one flat vector and back.
+
+    The flat vector has the `result_type` of the leaves; `unflatten` casts each
+    piece back to its leaf's own dtype, so no leaf is silently promoted.
+    Hashable, so it can be a static argument of `jit`.
+    """
+
+    treedef: Any = eqx.field(static=True)
+    shapes: tuple[tuple[int, ...], ...] = eqx.field(static=True)
+    dtypes: tuple[Any, ...] = eqx.field(static=True)
+    dtype: Any = eqx.field(static=True)
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(math.prod(s) for s in self.shapes)
+
+    @property
+    def size(self) -> int:
+        return sum(self.sizes)
+
+    def flatten(self, tree: PyTree) -> jax.Array:
+        leaves = jax.tree_util.tree_leaves(tree)
+        if not leaves:
+            return jnp.zeros((0,), self.dtype)
+        return jnp.concatenate([jnp.ravel(x).astype(self.dtype) for x in leaves])
+
+    def unflatten(self, flat: jax.Array) -> PyTree:
+        leaves = []
+        start = 0
+        for shape, dtype, size in zip(self.shapes, self.dtypes, self.sizes):
+            piece = jax.lax.slice_in_dim(flat, start, start + size)
+            leaves.append(piece.reshape(shape).astype(dtype))
+            start += size
+        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+
+def make_flattener(tree: PyTree, name: str) -> Flattener:
+    """Build a `Flattener` for `tree`, checking that every leaf is a float array."""
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    if not with_path:
+        raise InvalidArgumentError(f"{name}: expected at least one float array, got an empty pytree")
+    shapes, dtypes = [], []
+    for path, leaf in with_path:
+        dtype = _leaf_dtype(leaf)
+        if is_key_array(leaf) or not jnp.issubdtype(dtype, jnp.floating):
+            raise InvalidTypeError(
+                f"{name}: every leaf must be a float array, but {name}"
+                f"{jax.tree_util.keystr(path)} has dtype {dtype}"
+            )
+        shapes.append(tuple(np.shape(leaf)))
+        dtypes.append(jnp.dtype(dtype))
+    flat_dtype = jnp.result_type(*dtypes)
+    return Flattener(treedef, tuple(shapes), tuple(dtypes), jnp.dtype(flat_dtype))

@@ -1,0 +1,79 @@
+"""The solver interface shared by every solver and the driver."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar, Generic, TypeVar
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from .._evaluate import Evaluation, Oracle
+from .._stats import Status
+
+__all__ = ["AbstractSolver", "Step"]
+
+SolverState = TypeVar("SolverState")
+
+#: The status code meaning "keep going" (`Status.UNKNOWN`).
+CONTINUE = Status.UNKNOWN.code
+
+
+class Step(eqx.Module):
+    """What one iteration produced.
+
+    Attributes:
+        x: the next iterate x_{k+1} (equal to x_k when the step was rejected).
+        accepted: whether the iterate moved.
+        evaluation: for multi-evaluation solvers, the `Evaluation` at `x` under the
+            iteration's frozen function f_k (the driver takes the next state from it);
+            None for one-step solvers, whose only evaluation is the one at x_k.
+    """
+
+    x: Float[Array, " n"]
+    accepted: Bool[Array, ""]
+    evaluation: Evaluation | None
+
+
+class AbstractSolver(eqx.Module, Generic[SolverState]):
+    """Base class of all solvers: small, immutable modules with pure methods.
+
+    A solver never touches the problem's state: it evaluates the iteration's
+    frozen function through the `Oracle` it is given, threads the returned oracle
+    through its loops, and reports the `Evaluation` of its accepted point. The
+    driver enforces the state policy, the stopping test and the limits.
+
+    Subclasses implement `init`, `step` and (optionally) `terminate`, set
+    `provides_evaluation`, and are registered with `statefulnlp.traits.register`.
+    Configuration fields must be hashable Python values (the solver is a static
+    argument of the compiled loop).
+    """
+
+    #: True if `step` returns the Evaluation at the new iterate (multi-evaluation
+    #: solvers); False if the solver's only evaluation is the driver's one at x_k.
+    provides_evaluation: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def init(self, point: Evaluation) -> SolverState:
+        """The solver's initial memory, given the evaluation at x0."""
+
+    @abc.abstractmethod
+    def step(
+        self, oracle: Oracle, point: Evaluation, solver_state: SolverState
+    ) -> tuple[Step, SolverState, Oracle]:
+        """One iteration from `point` (f_k and its gradient at x_k)."""
+
+    def terminate(self, solver_state: SolverState) -> Int[Array, ""]:
+        """A `Status` code if the solver cannot go on (e.g. `not_desc`), else `CONTINUE`."""
+        del solver_state
+        return jnp.asarray(CONTINUE, jnp.int32)
+
+    def diagnostics(self, solver_state: SolverState) -> dict[str, Float[Array, ""]]:
+        """Scalars shown in the verbose log (e.g. a trust-region radius)."""
+        del solver_state
+        return {}
+
+    def traits(self) -> Any:
+        """Instance-specific `SolverTraits`, or None to use the registry's entry."""
+        return None

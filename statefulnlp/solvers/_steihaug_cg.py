@@ -1,0 +1,158 @@
+"""Steihaug–Toint truncated conjugate gradient for the trust-region subproblem.
+
+Approximately solves  min_s  g's + ½ s'Hs  subject to  ‖s‖ ≤ Δ  using only
+Hessian-vector products (Nocedal & Wright, Algorithm 7.2). It stops at the
+boundary, on negative curvature, when the residual is small, or after
+`max_iter` iterations (at most n by default). `s'Hs` is accumulated from the
+products already made, so no extra product is needed for the model decrease.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from .._evaluate import Oracle
+
+__all__ = ["CGResult", "CGStatus", "SteihaugCG"]
+
+
+class CGStatus(enum.IntEnum):
+    """Why the truncated CG stopped."""
+
+    CONVERGED = 0
+    BOUNDARY = 1
+    NEGATIVE_CURVATURE = 2
+    MAX_ITER = 3
+    NON_FINITE = 4
+
+
+class CGResult(eqx.Module):
+    """The step and what is known about it.
+
+    Attributes:
+        step: the approximate minimizer s.
+        curvature: s'Hs.
+        iterations: CG iterations made (= Hessian-vector products).
+        status: a `CGStatus` code.
+    """
+
+    step: Float[Array, " n"]
+    curvature: Float[Array, ""]
+    iterations: Int[Array, ""]
+    status: Int[Array, ""]
+
+
+class _CGState(eqx.Module):
+    s: Float[Array, " n"]
+    hs: Float[Array, " n"]
+    r: Float[Array, " n"]
+    p: Float[Array, " n"]
+    rr: Float[Array, ""]
+    it: Int[Array, ""]
+    status: Int[Array, ""]
+    oracle: Oracle
+
+
+def _to_boundary(s, p, radius):
+    """τ ≥ 0 with ‖s + τ p‖ = radius."""
+    pp = jnp.vdot(p, p)
+    sp = jnp.vdot(s, p)
+    ss = jnp.vdot(s, s)
+    disc = jnp.maximum(sp * sp + pp * (radius * radius - ss), 0.0)
+    return jnp.where(pp > 0, (-sp + jnp.sqrt(disc)) / jnp.where(pp > 0, pp, 1.0), 0.0)
+
+
+class SteihaugCG(eqx.Module):
+    """Truncated CG on the trust-region model, with exact or approximate H products.
+
+    Attributes:
+        max_iter: maximum CG iterations; None means n (the number of variables).
+    """
+
+    max_iter: int | None = None
+
+    def solve(
+        self,
+        oracle: Oracle,
+        x: Float[Array, " n"],
+        g: Float[Array, " n"],
+        radius: Float[Array, ""],
+        tol: Float[Array, ""],
+    ) -> tuple[CGResult, Oracle]:
+        """Approximately minimize g's + ½ s'H(x)s over ‖s‖ ≤ radius; stop when ‖r‖ ≤ tol."""
+        n = x.shape[0]
+        max_iter = n if self.max_iter is None else min(self.max_iter, n)
+        zero = jnp.zeros_like(x)
+        r0 = -g
+        init = _CGState(
+            s=zero,
+            hs=zero,
+            r=r0,
+            p=r0,
+            rr=jnp.vdot(r0, r0),
+            it=jnp.zeros((), jnp.int32),
+            status=jnp.asarray(-1, jnp.int32),
+            oracle=oracle,
+        )
+
+        def cond(c: _CGState):
+            return (c.status < 0) & (c.it < max_iter) & (jnp.sqrt(c.rr) > tol)
+
+        def body(c: _CGState) -> _CGState:
+            hp, orc = c.oracle.hprod(x, c.p)
+            kappa = jnp.vdot(c.p, hp)
+            finite = jnp.isfinite(kappa) & jnp.all(jnp.isfinite(hp))
+            alpha = c.rr / jnp.where(kappa > 0, kappa, 1.0)
+            s_next = c.s + alpha * c.p
+            outside = jnp.vdot(s_next, s_next) >= radius * radius
+            stop_at_boundary = finite & ((kappa <= 0) | outside)
+            tau = _to_boundary(c.s, c.p, radius)
+            # Boundary or negative curvature: go to the boundary along p and stop.
+            s_b = c.s + tau * c.p
+            hs_b = c.hs + tau * hp
+            # Regular CG step.
+            hs_next = c.hs + alpha * hp
+            r_next = c.r - alpha * hp
+            rr_next = jnp.vdot(r_next, r_next)
+            beta = rr_next / jnp.where(c.rr > 0, c.rr, 1.0)
+            p_next = r_next + beta * c.p
+            regular = finite & ~stop_at_boundary
+            status = jnp.where(
+                ~finite,
+                CGStatus.NON_FINITE,
+                jnp.where(
+                    stop_at_boundary,
+                    jnp.where(kappa <= 0, CGStatus.NEGATIVE_CURVATURE, CGStatus.BOUNDARY),
+                    -1,
+                ),
+            ).astype(jnp.int32)
+            return _CGState(
+                s=jnp.where(regular, s_next, jnp.where(stop_at_boundary, s_b, c.s)),
+                hs=jnp.where(regular, hs_next, jnp.where(stop_at_boundary, hs_b, c.hs)),
+                r=jnp.where(regular, r_next, c.r),
+                p=jnp.where(regular, p_next, c.p),
+                rr=jnp.where(regular, rr_next, c.rr),
+                it=c.it + 1,
+                status=status,
+                oracle=orc,
+            )
+
+        final = jax.lax.while_loop(cond, body, init)
+        # A first product that is not finite leaves s = 0: fall back to the Cauchy
+        # direction, cut to the boundary, so the trust region can still shrink.
+        stuck = (final.status == CGStatus.NON_FINITE) & (jnp.vdot(final.s, final.s) == 0)
+        gnorm = jnp.sqrt(jnp.vdot(g, g))
+        cauchy = -g * (radius / jnp.where(gnorm > 0, gnorm, 1.0))
+        step = jnp.where(stuck, cauchy, final.s)
+        curvature = jnp.where(stuck, 0.0, jnp.vdot(final.s, final.hs))
+        status = jnp.where(
+            final.status >= 0,
+            final.status,
+            jnp.where(jnp.sqrt(final.rr) <= tol, CGStatus.CONVERGED, CGStatus.MAX_ITER),
+        ).astype(jnp.int32)
+        return CGResult(step, curvature, final.it, status), final.oracle
