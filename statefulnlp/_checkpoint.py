@@ -62,7 +62,7 @@ def save_checkpoint(path: str, carry: PyTree, meta: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, **arrays)  # pyright: ignore[reportArgumentType]
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -104,7 +104,9 @@ def _meta(data: Any, path: str) -> dict[str, Any]:
     return meta
 
 
-def load_checkpoint(path: str, template: PyTree, identity: dict[str, Any]) -> tuple[PyTree, dict[str, Any]]:
+def load_checkpoint(
+    path: str, template: PyTree, identity: dict[str, Any]
+) -> tuple[PyTree, dict[str, Any]]:
     """Read a checkpoint into the structure of `template` (a tree of ShapeDtypeStruct).
 
     `identity` holds what must match (problem size, dtype, solver, policy);
@@ -137,7 +139,9 @@ def load_checkpoint(path: str, template: PyTree, identity: dict[str, Any]) -> tu
             if name in key_impls:
                 key = jax.random.wrap_key_data(jnp.asarray(arr), impl=key_impls[name])
                 if key.shape != spec.shape:
-                    raise CheckpointError(f"resume: key leaf {i} has shape {key.shape}, expected {spec.shape}")
+                    raise CheckpointError(
+                        f"resume: key leaf {i} has shape {key.shape}, expected {spec.shape}"
+                    )
                 leaves.append(key)
                 continue
             if arr.shape != tuple(spec.shape) or arr.dtype != np.dtype(spec.dtype):

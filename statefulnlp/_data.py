@@ -67,7 +67,9 @@ class DataLoader:
         drop_last: bool = True,
     ):
         if not _is_int(batch_size) or batch_size <= 0:
-            raise InvalidArgumentError(f"batch_size: expected a positive integer, got {batch_size!r}")
+            raise InvalidArgumentError(
+                f"batch_size: expected a positive integer, got {batch_size!r}"
+            )
         if not isinstance(shuffle, bool | np.bool_):
             raise InvalidTypeError(f"shuffle: expected a bool, got {type(shuffle).__name__}")
         if not _is_int(seed) or seed < 0:
@@ -85,7 +87,9 @@ class DataLoader:
             raise InvalidArgumentError("arrays: expected at least one array, got none")
         lengths = {int(x.shape[0]) if x.ndim else -1 for x in leaves}
         if -1 in lengths:
-            raise InvalidArgumentError("arrays: every array needs a leading sample axis (got a scalar)")
+            raise InvalidArgumentError(
+                "arrays: every array needs a leading sample axis (got a scalar)"
+            )
         if len(lengths) != 1:
             raise InvalidArgumentError(
                 f"arrays: all arrays must have the same number of samples, got lengths {sorted(lengths)}"
@@ -324,7 +328,9 @@ def make_stream(data: Any) -> _Stream:
             raise InvalidArgumentError("data: the full batch holds no array")
         return _FullBatch(data)
     if isinstance(data, str | bytes):
-        raise InvalidTypeError(f"data: expected arrays or an iterable of batches, got {type(data).__name__}")
+        raise InvalidTypeError(
+            f"data: expected arrays or an iterable of batches, got {type(data).__name__}"
+        )
     if isinstance(data, Iterable):
         return _IterableStream(data)
     raise InvalidTypeError(

@@ -122,7 +122,9 @@ class EquinoxNLPModel(StatefulNLPModel):
         if not callable(loss):
             raise InvalidTypeError(f"loss: expected a callable, got {type(loss).__name__}")
         if predict is not None and not callable(predict):
-            raise InvalidTypeError(f"predict: expected a callable or None, got {type(predict).__name__}")
+            raise InvalidTypeError(
+                f"predict: expected a callable or None, got {type(predict).__name__}"
+            )
         params, consts, static = _split_model(model)
         if not jax.tree_util.tree_leaves(params):
             raise InvalidArgumentError("model: has no inexact (float) array to optimize")
@@ -190,7 +192,7 @@ def _eval_chunks(data: Any, chunk: int) -> Iterable[tuple[Any, Any, Any]]:
         pairs: Iterable[Any] = data
     elif isinstance(data, tuple | list) and len(data) == 2 and hasattr(data[0], "shape"):
         pairs = [tuple(data)]
-    elif isinstance(data, Mapping) or isinstance(data, str | bytes):
+    elif isinstance(data, (Mapping, str | bytes)):
         raise InvalidTypeError("data: expected (inputs, labels) or an iterable of such pairs")
     else:
         pairs = data

@@ -241,6 +241,28 @@ class AbstractNLPModel:
         """The current training minibatch (what `fn` receives)."""
         return self._stream.current()
 
+    def obj(self, x: Float[Array, " n"], state: PyTree = _MISSING) -> tuple[Array, PyTree]:
+        raise NotImplementedError
+
+    def grad(self, x: Float[Array, " n"], state: PyTree = _MISSING) -> tuple[Array, PyTree]:
+        raise NotImplementedError
+
+    def objgrad(
+        self, x: Float[Array, " n"], state: PyTree = _MISSING
+    ) -> tuple[Array, Array, PyTree]:
+        raise NotImplementedError
+
+    def hprod(
+        self, x: Float[Array, " n"], v: Float[Array, " n"], state: PyTree = _MISSING
+    ) -> tuple[Array, PyTree]:
+        raise NotImplementedError
+
+    def next_batch(self) -> None:
+        raise NotImplementedError
+
+    def reset_counters(self) -> None:
+        self.counters.reset()
+
 
 class StatefulNLPModel(AbstractNLPModel):
     """An optimization problem whose loss carries explicit state.
@@ -333,9 +355,7 @@ class StatefulNLPModel(AbstractNLPModel):
     def _check_fn(self) -> None:
         """Trace `fn` once (no compilation) so a bad return value is reported now."""
         core = self.__core
-        jax.eval_shape(
-            core.value, self.__x0, self.__state0, self.__stream.current(), self.__consts
-        )
+        jax.eval_shape(core.value, self.__x0, self.__state0, self.__stream.current(), self.__consts)
 
     # -- the parts `solve` uses -------------------------------------------------
     @property
@@ -386,7 +406,9 @@ class StatefulNLPModel(AbstractNLPModel):
         sig = signature(tree)
         flat = self.__core.flat
         if sig.treedef != flat.treedef or tuple(s.shape for s in sig.leaves) != flat.shapes:
-            raise InvalidArgumentError("tree: expected a pytree with the structure and shapes of x0")
+            raise InvalidArgumentError(
+                "tree: expected a pytree with the structure and shapes of x0"
+            )
         return flat.flatten(tree)
 
     def _state_arg(self, state: PyTree) -> PyTree:
@@ -465,7 +487,9 @@ def _check_mesh(mesh: Any) -> Any:
     from jax.sharding import Mesh
 
     if not isinstance(mesh, Mesh):
-        raise InvalidTypeError(f"mesh: expected a jax.sharding.Mesh or None, got {type(mesh).__name__}")
+        raise InvalidTypeError(
+            f"mesh: expected a jax.sharding.Mesh or None, got {type(mesh).__name__}"
+        )
     if "data" not in mesh.axis_names:
         raise InvalidArgumentError(
             f"mesh: expected a mesh with an axis named 'data', got axes {tuple(mesh.axis_names)}"

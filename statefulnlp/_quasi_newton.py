@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from ._errors import InvalidArgumentError, InvalidTypeError
-from ._problem import AbstractNLPModel, _as_vector, _MISSING
+from ._problem import _MISSING, AbstractNLPModel, _as_vector
 from ._tree import PyTree
 
 __all__ = ["LBFGSModel", "LSR1Model", "PairMemory", "two_loop"]
@@ -52,7 +52,9 @@ class PairMemory(eqx.Module):
     def valid(self) -> Bool[Array, " m"]:
         return jnp.arange(self.mem) >= self.mem - self.count
 
-    def push(self, s: Float[Array, " n"], y: Float[Array, " n"], keep: Bool[Array, ""]) -> PairMemory:
+    def push(
+        self, s: Float[Array, " n"], y: Float[Array, " n"], keep: Bool[Array, ""]
+    ) -> PairMemory:
         """Append (s, y) as the newest pair (dropping the oldest) when `keep` is True."""
         S = jnp.where(keep, jnp.concatenate([self.S[1:], s[None]]), self.S)
         Y = jnp.where(keep, jnp.concatenate([self.Y[1:], y[None]]), self.Y)
@@ -199,7 +201,9 @@ class _QuasiNewtonModel(AbstractNLPModel):
 
     def __init__(self, nlp: AbstractNLPModel, mem: int = 5):
         if isinstance(nlp, _QuasiNewtonModel):
-            raise InvalidTypeError("nlp: is already a quasi-Newton model; wrap the original problem")
+            raise InvalidTypeError(
+                "nlp: is already a quasi-Newton model; wrap the original problem"
+            )
         if not isinstance(nlp, AbstractNLPModel):
             raise InvalidTypeError(
                 f"nlp: expected a statefulnlp problem (e.g. StatefulNLPModel), got {type(nlp).__name__}"
@@ -262,7 +266,9 @@ class _QuasiNewtonModel(AbstractNLPModel):
         s, y = _as_vector(s, "s"), _as_vector(y, "y")
         for name, vec in (("s", s), ("y", y)):
             if vec.shape != (self.nvar,):
-                raise InvalidArgumentError(f"{name}: expected shape ({self.nvar},), got {tuple(vec.shape)}")
+                raise InvalidArgumentError(
+                    f"{name}: expected shape ({self.nvar},), got {tuple(vec.shape)}"
+                )
         self.memory = self._jit_push(self.memory, s.astype(self.dtype), y.astype(self.dtype))
 
     def reset(self) -> None:

@@ -184,7 +184,9 @@ def make_flattener(tree: PyTree, name: str) -> Flattener:
     """Build a `Flattener` for `tree`, checking that every leaf is a float array."""
     with_path, treedef = jax.tree_util.tree_flatten_with_path(tree)
     if not with_path:
-        raise InvalidArgumentError(f"{name}: expected at least one float array, got an empty pytree")
+        raise InvalidArgumentError(
+            f"{name}: expected at least one float array, got an empty pytree"
+        )
     shapes, dtypes = [], []
     for path, leaf in with_path:
         dtype = _leaf_dtype(leaf)

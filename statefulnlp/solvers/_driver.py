@@ -65,7 +65,9 @@ class _Program(eqx.Module):
     one_step: bool = eqx.field(static=True)
     hessian: Any = eqx.field(static=True)
 
-    def oracle(self, state: PyTree, batch: PyTree, consts: PyTree, tally: Tally, memory: PyTree) -> Oracle:
+    def oracle(
+        self, state: PyTree, batch: PyTree, consts: PyTree, tally: Tally, memory: PyTree
+    ) -> Oracle:
         return Oracle(
             core=self.core,
             state=state,
@@ -104,9 +106,7 @@ def _finite(point: Evaluation) -> Bool[Array, ""]:
     return jnp.isfinite(point.f) & jnp.all(jnp.isfinite(point.g))
 
 
-def _initialize(
-    program: _Program, x0, state0, batch, consts, tolerances, memory
-) -> _Carry:
+def _initialize(program: _Program, x0, state0, batch, consts, tolerances, memory) -> _Carry:
     program.core.traces.bump("solve_init")
     n_leaves = len(jax.tree_util.tree_leaves(state0))
     oracle = program.oracle(state0, batch, consts, Tally.zeros(n_leaves), memory)
@@ -224,15 +224,17 @@ def _iteration(program: _Program, batch, consts, limits, c: _Carry) -> _Carry:
             oracle = program.oracle(c.state, batch, consts, c.tally, c.memory)
             point, oracle = oracle.objgrad(c.x)
             return dataclasses.replace(
-                c, point=point, tally=oracle.tally, fresh=jnp.asarray(True), evaluated=jnp.asarray(True)
+                c,
+                point=point,
+                tally=oracle.tally,
+                fresh=jnp.asarray(True),
+                evaluated=jnp.asarray(True),
             )
 
         c = jax.lax.cond(c.fresh, lambda c: c, reevaluate, c)
         finite = _finite(c.point)
         # A non-finite evaluation at x_k: go back to the last good iterate and stop.
-        here = tree_select(
-            finite, (c.x, c.state, c.point), (c.prev_x, c.prev_state, c.prev_point)
-        )
+        here = tree_select(finite, (c.x, c.state, c.point), (c.prev_x, c.prev_state, c.prev_point))
         c = dataclasses.replace(c, x=here[0], state=here[1], point=here[2])
         gnorm = jnp.linalg.norm(c.point.g)
         solver_status = program.solver.terminate(c.solver_state)
@@ -247,7 +249,9 @@ def _iteration(program: _Program, batch, consts, limits, c: _Carry) -> _Carry:
         )
         status = jnp.where(jnp.any(c.tally.mutated), _MUTATION, status).astype(jnp.int32)
         c = dataclasses.replace(c, status=status, stop_after_eval=finite & (status != CONTINUE))
-        return jax.lax.cond(status == CONTINUE, lambda c: _step(program, batch, consts, c), lambda c: c, c)
+        return jax.lax.cond(
+            status == CONTINUE, lambda c: _step(program, batch, consts, c), lambda c: c, c
+        )
 
     return jax.lax.cond(limit == CONTINUE, proceed, stop_on_limit, c)
 
@@ -267,7 +271,9 @@ def _run(program: _Program, carry: _Carry, batch, consts, n_steps, limits, batch
 def _final_evaluation(program: _Program, x, state, batch, consts, memory):
     """f and ||g|| at the final iterate when the loop made no evaluation there."""
     program.core.traces.bump("solve_final")
-    oracle = program.oracle(state, batch, consts, Tally.zeros(len(jax.tree_util.tree_leaves(state))), memory)
+    oracle = program.oracle(
+        state, batch, consts, Tally.zeros(len(jax.tree_util.tree_leaves(state))), memory
+    )
     point, _ = oracle.objgrad(x)
     return point.f, jnp.linalg.norm(point.g)
 
@@ -354,7 +360,9 @@ class _Options:
 def _options(nlp: AbstractNLPModel, **kw: Any) -> _Options:
     callback = kw["callback"]
     if callback is not None and not callable(callback):
-        raise InvalidTypeError(f"callback: expected a callable or None, got {type(callback).__name__}")
+        raise InvalidTypeError(
+            f"callback: expected a callable or None, got {type(callback).__name__}"
+        )
     eps = float(jnp.finfo(nlp.dtype).eps)
     atol = _check_real(kw["atol"], "atol", allow_none=True)
     rtol = _check_real(kw["rtol"], "rtol", allow_none=True)
@@ -405,7 +413,9 @@ class _Log:
             )
             self.header_done = True
         diag = "".join(f"{float(v):>10.2e}" for v in info["diag"].values())
-        print(f"{info['iter']:>6d} {info['f']:>13.6e} {info['gnorm']:>10.2e}{diag} {elapsed:>7.2f}s")
+        print(
+            f"{info['iter']:>6d} {info['f']:>13.6e} {info['gnorm']:>10.2e}{diag} {elapsed:>7.2f}s"
+        )
 
 
 def _scalars(program: _Program, carry: _Carry) -> dict[str, Any]:
@@ -574,7 +584,9 @@ class _Solve:
                 f"the objective at x0 is not finite (f = {info['f']}); check x0, the state and fn"
             )
         if not math.isfinite(info["gnorm"]):
-            raise NonFiniteError("the gradient at x0 contains NaN or infinite values; check x0 and fn")
+            raise NonFiniteError(
+                "the gradient at x0 contains NaN or infinite values; check x0 and fn"
+            )
         self._raise_internal(info, carry)
         return carry
 
@@ -620,7 +632,9 @@ class _Solve:
         if opts.verbose:
             n = min(n, opts.verbose - iter_now % opts.verbose or opts.verbose)
         if opts.checkpoint_every:
-            n = min(n, opts.checkpoint_every - iter_now % opts.checkpoint_every or opts.checkpoint_every)
+            n = min(
+                n, opts.checkpoint_every - iter_now % opts.checkpoint_every or opts.checkpoint_every
+            )
         if opts.max_time is not None:
             left = opts.max_time - elapsed
             target = min(0.25, max(left, 0.0) / 2)
@@ -635,7 +649,9 @@ class _Solve:
         carry = self._start()
         limits = (
             jnp.asarray(min(opts.max_iter, _INT_MAX), jnp.int32),
-            jnp.asarray(_INT_MAX if opts.max_eval is None else min(opts.max_eval, _INT_MAX), jnp.int32),
+            jnp.asarray(
+                _INT_MAX if opts.max_eval is None else min(opts.max_eval, _INT_MAX), jnp.int32
+            ),
         )
         log = _Log(opts.verbose, program.policy, self.traits.name) if opts.verbose else None
         version = nlp._batch_version
@@ -668,8 +684,10 @@ class _Solve:
                 self._sync_counters(info)
                 self._raise_internal(info, carry)
                 elapsed = time.perf_counter() - t0
-                if log is not None and steps > 0 and (
-                    info["iter"] % opts.verbose == 0 or info["status"] != CONTINUE
+                if (
+                    log is not None
+                    and steps > 0
+                    and (info["iter"] % opts.verbose == 0 or info["status"] != CONTINUE)
                 ):
                     log.row(info, elapsed + self.previous_elapsed)
                 if info["status"] != CONTINUE:
@@ -681,11 +699,17 @@ class _Solve:
                     if nlp._batch_version != version:
                         version = nlp._batch_version
                         batch_changed = True
-                if host_status is None and opts.max_time is not None and (
-                    time.perf_counter() - t0 + self.previous_elapsed >= opts.max_time
+                if (
+                    host_status is None
+                    and opts.max_time is not None
+                    and (time.perf_counter() - t0 + self.previous_elapsed >= opts.max_time)
                 ):
                     host_status = Status.MAX_TIME
-                if opts.checkpoint_every and info["iter"] % opts.checkpoint_every == 0 and steps > 0:
+                if (
+                    opts.checkpoint_every
+                    and info["iter"] % opts.checkpoint_every == 0
+                    and steps > 0
+                ):
                     self._save(carry, info, time.perf_counter() - t0)
                 if host_status is not None:
                     break
@@ -725,7 +749,12 @@ class _Solve:
             # One-step solvers stopped by a limit: one extra counted evaluation at the
             # final iterate; its new state is discarded.
             f, gnorm = _final_jit(
-                program, carry.x, carry.state, self.nlp._stream.current(), self.nlp._consts, carry.memory
+                program,
+                carry.x,
+                carry.state,
+                self.nlp._stream.current(),
+                self.nlp._consts,
+                carry.memory,
             )
             objective, dual = float(f), float(gnorm)
             self.nlp.counters.obj += 1

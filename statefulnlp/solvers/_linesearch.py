@@ -145,9 +145,7 @@ class StrongWolfe(eqx.Module):
             hi_candidate = jax.tree_util.tree_map(
                 lambda old_lo, old_hi: jnp.where(flips | rising, old_lo, old_hi), s.lo, s.hi
             )
-            hi = jax.tree_util.tree_map(
-                lambda a, b: jnp.where(armijo, b, a), new, hi_candidate
-            )
+            hi = jax.tree_util.tree_map(lambda a, b: jnp.where(armijo, b, a), new, hi_candidate)
             bracketed = s.bracketed | (~armijo) | rising
             best = tree_select(armijo, trial, s.best)
 
@@ -157,7 +155,9 @@ class StrongWolfe(eqx.Module):
             mid = 0.5 * (lo.t + hi.t)
             lower = jnp.minimum(lo.t, hi.t) + 0.1 * width
             upper = jnp.maximum(lo.t, hi.t) - 0.1 * width
-            zoom_t = jnp.where(jnp.isfinite(cubic) & jnp.isfinite(hi.f), jnp.clip(cubic, lower, upper), mid)
+            zoom_t = jnp.where(
+                jnp.isfinite(cubic) & jnp.isfinite(hi.f), jnp.clip(cubic, lower, upper), mid
+            )
             grow_t = t * self.expand
             next_t = jnp.where(bracketed, zoom_t, grow_t)
             collapsed = bracketed & (width <= tiny * jnp.maximum(1.0, jnp.abs(lo.t)))

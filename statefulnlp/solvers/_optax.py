@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import equinox as eqx
 import jax
@@ -34,7 +35,8 @@ def _calls_value_fn(tx: optax.GradientTransformation) -> bool | None:
 
     def with_extras():
         opt_state = tx.init(params)
-        return tx.update(params, opt_state, params, value=jnp.zeros(()), grad=params, value_fn=value_fn)
+        update = cast(Callable[..., Any], tx.update)
+        return update(params, opt_state, params, value=jnp.zeros(()), grad=params, value_fn=value_fn)
 
     def plain():
         opt_state = tx.init(params)
@@ -97,7 +99,9 @@ class Optax(AbstractSolver[PyTree]):
     transformation: optax.GradientTransformation = eqx.field(static=True)
     one_step_safe: bool = eqx.field(static=True)
 
-    def __init__(self, transformation: optax.GradientTransformation, one_step_safe: bool | None = None):
+    def __init__(
+        self, transformation: optax.GradientTransformation, one_step_safe: bool | None = None
+    ):
         if not (
             isinstance(transformation, optax.GradientTransformation)
             or (hasattr(transformation, "init") and hasattr(transformation, "update"))
@@ -107,10 +111,12 @@ class Optax(AbstractSolver[PyTree]):
                 f"{type(transformation).__name__}"
             )
         if one_step_safe is not None and not isinstance(one_step_safe, bool):
-            raise InvalidTypeError(f"one_step_safe: expected True, False or None, got {one_step_safe!r}")
+            raise InvalidTypeError(
+                f"one_step_safe: expected True, False or None, got {one_step_safe!r}"
+            )
         if one_step_safe is None:
             probed = _calls_value_fn(transformation)
-            one_step_safe = (probed is False)
+            one_step_safe = probed is False
         self.transformation = transformation
         self.one_step_safe = one_step_safe
 
@@ -126,14 +132,15 @@ class Optax(AbstractSolver[PyTree]):
         tx = self.transformation
         if self.one_step_safe:
             updates, opt_state = tx.update(point.g, solver_state, point.x)
-            x_new = optax.apply_updates(point.x, updates).astype(point.x.dtype)
+            x_new = jnp.asarray(optax.apply_updates(point.x, updates), point.x.dtype)
             return Step(x=x_new, accepted=jnp.asarray(True), evaluation=None), opt_state, oracle
-        updates, opt_state = tx.update(
+        update = cast(Callable[..., Any], tx.update)
+        updates, opt_state = update(
             point.g, solver_state, point.x, value=point.f, grad=point.g, value_fn=oracle.value_fn()
         )
         steps = _linesearch_steps(opt_state)
         oracle = oracle.counted(obj=steps, grad=steps)
-        x_new = optax.apply_updates(point.x, updates).astype(point.x.dtype)
+        x_new = jnp.asarray(optax.apply_updates(point.x, updates), point.x.dtype)
         # The state the objective returns at the new point, from f_k (and f, g there).
         evaluation, oracle = oracle.objgrad(x_new)
         return Step(x=x_new, accepted=jnp.asarray(True), evaluation=evaluation), opt_state, oracle
@@ -166,7 +173,9 @@ class GradientDescent(AbstractSolver[None]):
     def step(
         self, oracle: Oracle, point: Evaluation, solver_state: None
     ) -> tuple[Step, None, Oracle]:
-        x_new: Float[Array, " n"] = point.x - jnp.asarray(self.learning_rate, point.x.dtype) * point.g
+        x_new: Float[Array, " n"] = (
+            point.x - jnp.asarray(self.learning_rate, point.x.dtype) * point.g
+        )
         return Step(x=x_new, accepted=jnp.asarray(True), evaluation=None), None, oracle
 
 

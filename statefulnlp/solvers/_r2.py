@@ -69,9 +69,7 @@ class R2(AbstractSolver[R2State]):
         dtype = point.x.dtype
         gnorm = jnp.linalg.norm(point.g)
         alpha = 1.0 / 2.0 ** jnp.round(jnp.log2(gnorm + 1.0))
-        return R2State(
-            alpha.astype(dtype), jnp.zeros((), dtype), jnp.asarray(CONTINUE, jnp.int32)
-        )
+        return R2State(alpha.astype(dtype), jnp.zeros((), dtype), jnp.asarray(CONTINUE, jnp.int32))
 
     def step(
         self, oracle: Oracle, point: Evaluation, solver_state: R2State
@@ -104,9 +102,9 @@ class R2(AbstractSolver[R2State]):
         trial = Evaluation(trial_x, ft, g_trial, new_state)
         evaluation = tree_select(accept, trial, point)
         underflow = jnp.all(trial_x == point.x)
-        status = jnp.where(
-            underflow | (new_alpha <= 0), Status.SMALL_STEP.code, CONTINUE
-        ).astype(jnp.int32)
+        status = jnp.where(underflow | (new_alpha <= 0), Status.SMALL_STEP.code, CONTINUE).astype(
+            jnp.int32
+        )
         step = Step(x=evaluation.x, accepted=accept, evaluation=evaluation)
         return step, R2State(new_alpha, ratio, status), oracle
 

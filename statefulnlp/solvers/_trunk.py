@@ -96,7 +96,9 @@ class Trunk(AbstractSolver[TrunkState]):
                 f"{self.decrease}, {self.increase}"
             )
         if not isinstance(self.backtracks, int) or self.backtracks < 0:
-            raise InvalidArgumentError(f"backtracks: expected an integer >= 0, got {self.backtracks!r}")
+            raise InvalidArgumentError(
+                f"backtracks: expected an integer >= 0, got {self.backtracks!r}"
+            )
 
     def init(self, point: Evaluation) -> TrunkState:
         dtype = point.x.dtype
@@ -175,9 +177,7 @@ class Trunk(AbstractSolver[TrunkState]):
             g_new, _, orc = orc.grad(trial.x)
             return g_new, orc
 
-        g_new, oracle = jax.lax.cond(
-            accept & ~good_grad, gradient, lambda orc: (gt, orc), oracle
-        )
+        g_new, oracle = jax.lax.cond(accept & ~good_grad, gradient, lambda orc: (gt, orc), oracle)
         evaluation = tree_select(accept, Evaluation(trial.x, trial.f, g_new, trial.state), point)
 
         snorm = scale * jnp.linalg.norm(s)
@@ -186,19 +186,25 @@ class Trunk(AbstractSolver[TrunkState]):
             ratio < self.eta1,
             self.decrease * snorm,
             jnp.where(
-                ratio >= self.eta2, jnp.minimum(max_radius, jnp.maximum(radius, self.increase * snorm)), radius
+                ratio >= self.eta2,
+                jnp.minimum(max_radius, jnp.maximum(radius, self.increase * snorm)),
+                radius,
             ),
         ).astype(dtype)
         xnorm = jnp.linalg.norm(x)
         tiny_radius = new_radius <= eps * (1.0 + xnorm)
-        status = jnp.where(
-            ~accept & tiny_radius, Status.SMALL_STEP.code, CONTINUE
-        ).astype(jnp.int32)
+        status = jnp.where(~accept & tiny_radius, Status.SMALL_STEP.code, CONTINUE).astype(
+            jnp.int32
+        )
         state = TrunkState(new_radius, cgtol, ratio, cg.iterations, status)
         return Step(x=evaluation.x, accepted=accept, evaluation=evaluation), state, oracle
 
     def _ratio(
-        self, f: Float[Array, ""], trial: _Trial, slope: Float[Array, ""], curvature: Float[Array, ""]
+        self,
+        f: Float[Array, ""],
+        trial: _Trial,
+        slope: Float[Array, ""],
+        curvature: Float[Array, ""],
     ) -> Float[Array, ""]:
         pred = trial.scale * slope + 0.5 * trial.scale**2 * curvature
         ratio = (trial.f - f) / jnp.where(pred < 0, pred, -1.0)
