@@ -36,7 +36,9 @@ def _calls_value_fn(tx: optax.GradientTransformation) -> bool | None:
     def with_extras():
         opt_state = tx.init(params)
         update = cast(Callable[..., Any], tx.update)
-        return update(params, opt_state, params, value=jnp.zeros(()), grad=params, value_fn=value_fn)
+        return update(
+            params, opt_state, params, value=jnp.zeros(()), grad=params, value_fn=value_fn
+        )
 
     def plain():
         opt_state = tx.init(params)
