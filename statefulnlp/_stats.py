@@ -84,6 +84,8 @@ class Stats:
         solver: the solver's registry name.
         counters: evaluations made during this solve (`obj`, `grad`, `hprod`).
         accepted: how many steps were accepted.
+        solver_state: the solver's final memory (e.g. L-BFGS pairs, trust radius), as
+            device arrays; for inspection.
     """
 
     status: Status
@@ -98,6 +100,7 @@ class Stats:
     solver: str
     counters: dict[str, int]
     accepted: int = 0
+    solver_state: Any = None
 
     def __str__(self) -> str:
         return (

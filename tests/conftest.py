@@ -131,6 +131,38 @@ def mlp_predict(model, state, X):
     return logits
 
 
+def oracle_factory(fn, n, hessian=None, memory=None):
+    """A builder of the frozen oracle of f(x) (no state, no batch), to call inside jit."""
+    import statefulnlp as snlp
+    from statefulnlp._evaluate import Tally
+    from statefulnlp.solvers._driver import _Program
+
+    nlp = snlp.StatefulNLPModel(lambda x, s, b: (fn(x), s), jnp.zeros(n))
+    program = _Program(nlp._core, snlp.solvers.Trunk(), snlp.StatePolicy.FREEZE, False, hessian)
+    return lambda: program.oracle(None, None, None, Tally.zeros(0), memory)
+
+
 def make_mlp(seed=0):
     model, bn_state = eqx.nn.make_with_state(MLPWithBN)(jax.random.key(seed))
     return model, (bn_state, jax.random.key(seed + 1))
+
+
+# ---------------------------------------------------------------------------
+# Reports: tables that tests want shown at the end of the run (e.g. evaluation
+# counts beside scipy's). Printed in the terminal summary, so CI logs keep them.
+
+_REPORTS: list[tuple[str, str]] = []
+
+
+@pytest.fixture(scope="session")
+def report():
+    def add(title: str, text: str) -> None:
+        _REPORTS.append((title, text))
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter):
+    for title, text in _REPORTS:
+        terminalreporter.section(title)
+        terminalreporter.write_line(text)

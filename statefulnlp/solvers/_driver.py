@@ -779,4 +779,5 @@ class _Solve:
             solver=self.traits.name,
             counters={k: info[k] for k in ("obj", "grad", "hprod")},
             accepted=info["accepted"],
+            solver_state=carry.solver_state,
         )
