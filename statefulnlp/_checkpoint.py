@@ -122,7 +122,9 @@ def load_checkpoint(
                     f"resume: the checkpoint was written for {key}={meta.get(key)!r} but this solve "
                     f"has {key}={identity[key]!r}"
                 )
-        t_leaves, treedef = jax.tree_util.tree_flatten(template)
+        t_with_paths, treedef = jax.tree_util.tree_flatten_with_path(template)
+        t_leaves = [leaf for _, leaf in t_with_paths]
+        names = [jax.tree_util.keystr(p) for p, _ in t_with_paths]
         if meta.get("num_leaves") != len(t_leaves) or meta.get("treedef") != str(treedef):
             raise CheckpointError(
                 "resume: the checkpoint's solver memory does not match this solver and problem "
@@ -146,8 +148,9 @@ def load_checkpoint(
                 continue
             if arr.shape != tuple(spec.shape) or arr.dtype != np.dtype(spec.dtype):
                 raise CheckpointError(
-                    f"resume: leaf {i} of the checkpoint has {arr.dtype}{list(arr.shape)}, expected "
-                    f"{np.dtype(spec.dtype)}{list(spec.shape)}"
+                    f"resume: the checkpoint's {names[i]} is {arr.dtype}{list(arr.shape)} but this "
+                    f"solve expects {np.dtype(spec.dtype)}{list(spec.shape)} (other solver settings "
+                    "or another problem?)"
                 )
             leaves.append(jnp.asarray(arr))
     return jax.tree_util.tree_unflatten(treedef, leaves), meta

@@ -11,7 +11,6 @@ from conftest import oracle_factory
 import statefulnlp as snlp
 from statefulnlp.solvers import StrongWolfe
 
-
 FUNCTIONS = {
     "quadratic": lambda x: jnp.sum((x - 3.0) ** 2),
     "quartic": lambda x: jnp.sum(x**4 - 2 * x**2 + 0.5 * x),

@@ -6,6 +6,8 @@ evaluation's state into the next would compare losses of different networks.
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,7 +67,7 @@ def test_freeze_gives_one_deterministic_function_per_iteration():
     stats = snlp.solve(nlp, "lbfgs", state_policy="freeze", callback=record, max_iter=30)
     assert stats.iter == 30 or stats.status == "first_order"
     crossing_increases = 0
-    for (x_k, s_k, _), (x_next, s_next, acc_next) in zip(history, history[1:]):
+    for (x_k, s_k, _), (x_next, s_next, acc_next) in itertools.pairwise(history):
         f_k, g_k, _ = nlp.objgrad(x_k, s_k)
         f_k_next, expected = nlp.obj(x_next, s_k)  # the same frozen state s_k
         if acc_next > 0 and not np.array_equal(x_next, x_k):

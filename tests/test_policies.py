@@ -149,7 +149,12 @@ def test_policy_invariants(solver_name, policy, state_kind, problem):
     if policy == "reject" and mutate and state_kind != "none":
         with pytest.raises(snlp.StateMutationError) as info:
             snlp.solve(nlp, solver, state_policy=policy, max_iter=MAX_ITER)
-        assert set(info.value.leaves) == {"['count']", "['ema']", "['key']"}
+        # count and key always change; ema only where tanh(x) moves it.
+        assert (
+            {"['count']", "['key']"}
+            <= set(info.value.leaves)
+            <= {"['count']", "['ema']", "['key']"}
+        )
         return
 
     history = []

@@ -209,70 +209,11 @@ def test_inputs_are_not_mutated():
 
 
 # ---------------------------------------------------------------------------
-# Bad input: each gets a typed error naming the argument.
+# Bad calls (the constructors' bad input is in test_errors.py).
 
 
 def _pure(x, state, batch):
     return jnp.sum(x**2), state
-
-
-@pytest.mark.parametrize(
-    ("make", "error", "words"),
-    [
-        (lambda: snlp.StatefulNLPModel("nope", jnp.ones(2)), TypeError, "fn"),
-        (lambda: snlp.StatefulNLPModel(_pure, jnp.arange(3)), TypeError, "x0"),
-        (lambda: snlp.StatefulNLPModel(_pure, {}), ValueError, "x0"),
-        (lambda: snlp.StatefulNLPModel(_pure, jnp.array([1.0, jnp.nan])), ValueError, "x0"),
-        (lambda: snlp.StatefulNLPModel(_pure, ["a"]), TypeError, "x0"),
-        (lambda: snlp.StatefulNLPModel(lambda x, s, b: jnp.sum(x), jnp.ones(2)), TypeError, "pair"),
-        (lambda: snlp.StatefulNLPModel(lambda x, s, b: (x, s), jnp.ones(2)), TypeError, "scalar"),
-        (
-            lambda: snlp.StatefulNLPModel(lambda x, s, b: (1, 2, 3), jnp.ones(2)),
-            TypeError,
-            "3-tuple",
-        ),
-        (
-            lambda: snlp.StatefulNLPModel(
-                lambda x, s, b: (jnp.sum(x), s.astype(jnp.float32)), jnp.ones(2), state=jnp.int32(0)
-            ),
-            ValueError,
-            "dtype",
-        ),
-        (
-            lambda: snlp.StatefulNLPModel(
-                lambda x, s, b: (jnp.sum(x), {"a": s}), jnp.ones(2), state=jnp.zeros(2)
-            ),
-            ValueError,
-            "structure",
-        ),
-        (
-            lambda: snlp.StatefulNLPModel(
-                lambda x, s, b: (jnp.sum(x), s[:1]), jnp.ones(2), state=jnp.zeros(2)
-            ),
-            ValueError,
-            "shape",
-        ),
-        (lambda: snlp.StatefulNLPModel(_pure, jnp.ones(2), data=[]), ValueError, "data"),
-        (lambda: snlp.StatefulNLPModel(_pure, jnp.ones(2), data=iter([])), ValueError, "data"),
-        (lambda: snlp.StatefulNLPModel(_pure, jnp.ones(2), data=42), TypeError, "data"),
-        (
-            lambda: snlp.StatefulNLPModel(_pure, jnp.ones(2), state={"k": "text"}),
-            TypeError,
-            "state",
-        ),
-        (lambda: snlp.DataLoader((np.ones((4, 2)), np.ones(3)), 2), ValueError, "arrays"),
-        (lambda: snlp.DataLoader(np.ones((4, 2)), 0), ValueError, "batch_size"),
-        (lambda: snlp.DataLoader(np.ones((4, 2)), 8), ValueError, "batch_size"),
-        (lambda: snlp.DataLoader(np.ones((0, 2)), 1), ValueError, "arrays"),
-        (lambda: snlp.DataLoader("abc", 1), TypeError, "arrays"),
-        (lambda: snlp.EquinoxNLPModel(object(), None, _pure, None), TypeError, "model"),
-    ],
-)
-def test_bad_construction_is_a_clear_error(make, error, words):
-    with pytest.raises(error) as info:
-        make()
-    assert isinstance(info.value, snlp.StatefulNLPError)
-    assert words in str(info.value)
 
 
 def test_bad_calls_are_clear_errors():

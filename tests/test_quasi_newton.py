@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -126,7 +125,7 @@ def test_quasi_newton_model_interface():
     qn.push(jnp.array([1.0, 0.0]), jnp.array([3.0, 0.0]))
     hv, _ = qn.hprod(qn.x0, jnp.array([1.0, 0.0]))
     np.testing.assert_allclose(hv, [3.0, 0.0])
-    f, s = qn.obj(qn.x0)
+    f, _ = qn.obj(qn.x0)
     assert nlp.counters.obj == 1 and float(f) == float(nlp.obj(nlp.x0)[0])
     qn.reset()
     assert int(qn.memory.pairs.count) == 0

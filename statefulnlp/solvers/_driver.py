@@ -231,10 +231,19 @@ def _iteration(program: _Program, batch, consts, limits, c: _Carry) -> _Carry:
                 evaluated=jnp.asarray(True),
             )
 
+        before = c
         c = jax.lax.cond(c.fresh, lambda c: c, reevaluate, c)
         finite = _finite(c.point)
-        # A non-finite evaluation at x_k: go back to the last good iterate and stop.
-        here = tree_select(finite, (c.x, c.state, c.point), (c.prev_x, c.prev_state, c.prev_point))
+        # A non-finite evaluation at x_k stops the solve at the last good point: x_k
+        # itself when an earlier, finite evaluation was made there (under the previous
+        # state or batch), else the previous iterate (one-step solvers).
+        keep_x = before.evaluated & _finite(before.point)
+        fallback = tree_select(
+            keep_x,
+            (before.x, before.state, before.point),
+            (c.prev_x, c.prev_state, c.prev_point),
+        )
+        here = tree_select(finite, (c.x, c.state, c.point), fallback)
         c = dataclasses.replace(c, x=here[0], state=here[1], point=here[2])
         gnorm = jnp.linalg.norm(c.point.g)
         solver_status = program.solver.terminate(c.solver_state)
@@ -572,9 +581,14 @@ class _Solve:
             if position:
                 nlp._stream.restore(position)
             self.counted = {k: int(meta["counters"][k]) for k in ("obj", "grad", "hprod")}
-            # A restored batch is a new batch for the loop.
-            self.resume_batch_changed = True
-            return carry
+            # Continue exactly as the interrupted run would have: same pending batch
+            # change, and the stop it recorded (a limit, say) is lifted.
+            self.resume_batch_changed = bool(meta.get("batch_changed", False))
+            return dataclasses.replace(
+                carry,
+                status=jnp.asarray(CONTINUE, jnp.int32),
+                stop_after_eval=jnp.asarray(False),
+            )
         self.resume_batch_changed = False
         carry = _initialize_jit(program, *args)
         info = _scalars(program, carry)
@@ -710,23 +724,26 @@ class _Solve:
                     and info["iter"] % opts.checkpoint_every == 0
                     and steps > 0
                 ):
-                    self._save(carry, info, time.perf_counter() - t0)
+                    self._save(carry, info, time.perf_counter() - t0, batch_changed)
                 if host_status is not None:
                     break
         except KeyboardInterrupt:
             if opts.checkpoint is not None:
-                self._save(carry, info, time.perf_counter() - t0)
+                pending = batch_changed or nlp._batch_version != version
+                self._save(carry, info, time.perf_counter() - t0, pending)
             raise
         status = host_status or Status.from_code(info["status"])
         elapsed = time.perf_counter() - t0
         stats = self._stats(carry, info, status, elapsed, final=True)
         if opts.checkpoint is not None:
-            self._save(carry, info, elapsed)
+            self._save(carry, info, elapsed, batch_changed)
         if program.hessian is not None:
             nlp.memory = carry.memory  # type: ignore[attr-defined]
         return stats
 
-    def _save(self, carry: _Carry, info: dict[str, Any], elapsed: float) -> None:
+    def _save(
+        self, carry: _Carry, info: dict[str, Any], elapsed: float, batch_changed: bool
+    ) -> None:
         from .._checkpoint import save_checkpoint
 
         meta = dict(self._identity())
@@ -735,6 +752,7 @@ class _Solve:
             counters={k: info[k] for k in ("obj", "grad", "hprod")},
             elapsed_time=elapsed + self.previous_elapsed,
             data_position=self.nlp._stream.position(),
+            batch_changed=bool(batch_changed),
             exact_resume=self.nlp._stream.exact_resume,
         )
         assert self.opts.checkpoint is not None
