@@ -17,6 +17,8 @@ Example:
     ```
 """
 
+from typing import TYPE_CHECKING
+
 from . import solvers, traits
 from ._data import DataLoader
 from ._equinox import EquinoxNLPModel
@@ -37,6 +39,9 @@ from ._quasi_newton import LBFGSModel, LSR1Model
 from ._stats import Stats, Status
 from .solvers import solve
 from .traits import SolverTraits, StatePolicy
+
+if TYPE_CHECKING:
+    from ._flax import FlaxNLPModel
 
 __version__ = "0.1.0"
 

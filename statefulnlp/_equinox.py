@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float
 
-from ._data import DataLoader
 from ._errors import InvalidArgumentError, InvalidTypeError
+from ._metrics import accuracy_over, count_hits
 from ._problem import StatefulNLPModel, _as_vector
 from ._tree import PyTree, to_jax_tree
 
@@ -167,51 +165,15 @@ class EquinoxNLPModel(StatefulNLPModel):
         model = eqx.nn.inference_mode(self.to_model(_as_vector(x, "x")))
         params, consts, static = _split_model(model)
         static = _Static.of(static)
-        correct = 0
-        total = 0
-        for inputs, labels, mask in _eval_chunks(data, chunk):
-            correct += self._jit_correct(static, params, consts, state, inputs, labels, mask)
-            total += int(np.sum(np.asarray(mask)))
-        if total == 0:
-            raise InvalidArgumentError("data: holds no sample")
-        return float(correct) / total
+        count = self._jit_correct
+
+        return accuracy_over(
+            data,
+            chunk,
+            lambda inputs, labels, mask: count(static, params, consts, state, inputs, labels, mask),
+        )
 
 
 def _count_correct(predict, static, params, consts, state, inputs, labels, mask):
     model = eqx.combine(params, consts, static.tree())
-    logits = predict(model, state, inputs)
-    if labels.ndim == 2:
-        labels = jnp.argmax(labels, axis=-1)
-    hit = (jnp.argmax(logits, axis=-1) == labels) & mask
-    return jnp.sum(hit)
-
-
-def _eval_chunks(data: Any, chunk: int) -> Iterable[tuple[Any, Any, Any]]:
-    """Yield `(inputs, labels, mask)` chunks of a fixed size (the last one padded)."""
-    if isinstance(data, DataLoader):
-        pairs: Iterable[Any] = data
-    elif isinstance(data, tuple | list) and len(data) == 2 and hasattr(data[0], "shape"):
-        pairs = [tuple(data)]
-    elif isinstance(data, (Mapping, str | bytes)):
-        raise InvalidTypeError("data: expected (inputs, labels) or an iterable of such pairs")
-    else:
-        pairs = data
-    for pair in pairs:
-        if not isinstance(pair, tuple | list) or len(pair) != 2:
-            raise InvalidTypeError("data: expected (inputs, labels) pairs")
-        inputs, labels = jnp.asarray(pair[0]), jnp.asarray(pair[1])
-        n = inputs.shape[0]
-        if labels.shape[0] != n:
-            raise InvalidArgumentError(
-                f"data: inputs have {n} samples but labels have {labels.shape[0]}"
-            )
-        size = min(chunk, n) if n else 0
-        for start in range(0, n, max(size, 1)):
-            xi, yi = inputs[start : start + size], labels[start : start + size]
-            m = xi.shape[0]
-            mask = jnp.arange(size) < m
-            if m < size:
-                pad = size - m
-                xi = jnp.concatenate([xi, jnp.repeat(xi[-1:], pad, axis=0)])
-                yi = jnp.concatenate([yi, jnp.repeat(yi[-1:], pad, axis=0)])
-            yield xi, yi, mask
+    return count_hits(predict(model, state, inputs), labels, mask)

@@ -494,7 +494,12 @@ def _check_mesh(mesh: Any) -> Any:
         raise InvalidArgumentError(
             f"mesh: expected a mesh with an axis named 'data', got axes {tuple(mesh.axis_names)}"
         )
-    return mesh
+    # Place data with the classic (automatic, GSPMD) sharding whatever the mesh's axis
+    # types: with explicit axes, sharding becomes part of array types and ordinary
+    # model code (a vmap over samples with an unsharded key) would have to be rewritten.
+    from jax.sharding import AxisType
+
+    return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
 
 
 def check_finite_start(f: Any, g: Any) -> None:

@@ -576,6 +576,11 @@ class _Solve:
 
             template = jax.eval_shape(lambda *a: _initialize(program, *a), *args)
             carry, meta = load_checkpoint(opts.resume, template, self._identity())
+            mesh = getattr(nlp, "mesh", None)
+            if mesh is not None:
+                from .._sharding import replicate
+
+                carry = replicate(carry, mesh)
             self.previous_elapsed = float(meta.get("elapsed_time", 0.0))
             position = meta.get("data_position")
             if position:

@@ -1,0 +1,67 @@
+"""Classification accuracy in fixed-size chunks, shared by the model wrappers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._data import DataLoader
+from ._errors import InvalidArgumentError, InvalidTypeError
+
+__all__ = ["accuracy_over", "count_hits"]
+
+
+def count_hits(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+    """Number of unmasked rows whose argmax equals the label (class index or one-hot)."""
+    if labels.ndim == 2:
+        labels = jnp.argmax(labels, axis=-1)
+    return jnp.sum((jnp.argmax(logits, axis=-1) == labels) & mask)
+
+
+def accuracy_over(data: Any, chunk: int, count: Callable[[Any, Any, Any], Any]) -> float:
+    """Fraction of correct predictions; `count(inputs, labels, mask)` counts one chunk."""
+    if not isinstance(chunk, int) or chunk <= 0:
+        raise InvalidArgumentError(f"chunk: expected a positive integer, got {chunk!r}")
+    correct = 0
+    total = 0
+    for inputs, labels, mask in _eval_chunks(data, chunk):
+        correct += int(count(inputs, labels, mask))
+        total += int(np.sum(np.asarray(mask)))
+    if total == 0:
+        raise InvalidArgumentError("data: holds no sample")
+    return correct / total
+
+
+def _eval_chunks(data: Any, chunk: int) -> Iterable[tuple[Any, Any, Any]]:
+    """Yield `(inputs, labels, mask)` chunks of a fixed size (the last one padded)."""
+    if isinstance(data, DataLoader):
+        pairs: Iterable[Any] = data
+    elif isinstance(data, tuple | list) and len(data) == 2 and hasattr(data[0], "shape"):
+        pairs = [tuple(data)]
+    elif isinstance(data, (Mapping, str | bytes)):
+        raise InvalidTypeError("data: expected (inputs, labels) or an iterable of such pairs")
+    else:
+        pairs = data
+    for pair in pairs:
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise InvalidTypeError("data: expected (inputs, labels) pairs")
+        inputs, labels = jnp.asarray(pair[0]), jnp.asarray(pair[1])
+        n = inputs.shape[0]
+        if labels.shape[0] != n:
+            raise InvalidArgumentError(
+                f"data: inputs have {n} samples but labels have {labels.shape[0]}"
+            )
+        size = min(chunk, n) if n else 0
+        for start in range(0, n, max(size, 1)):
+            xi, yi = inputs[start : start + size], labels[start : start + size]
+            m = xi.shape[0]
+            mask = jnp.arange(size) < m
+            if m < size:
+                pad = size - m
+                xi = jnp.concatenate([xi, jnp.repeat(xi[-1:], pad, axis=0)])
+                yi = jnp.concatenate([yi, jnp.repeat(yi[-1:], pad, axis=0)])
+            yield xi, yi, mask
