@@ -56,7 +56,7 @@ def test_derivatives_match_jax_on_the_merged_module():
 
         nlp = snlp.FlaxNLPModel(model, loss, X)
         graphdef, params, state = nnx.split(model, nnx.Param, ...)
-        flat0, unravel = jax.flatten_util.ravel_pytree(params)
+        _, unravel = jax.flatten_util.ravel_pytree(params)
 
         def f(z):
             return loss(nnx.merge(graphdef, unravel(z), state), X)
