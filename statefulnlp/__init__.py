@@ -19,11 +19,13 @@ Example:
 
 from typing import TYPE_CHECKING
 
-from . import solvers, traits
+from . import datasets, solvers, traits
 from ._data import DataLoader
 from ._equinox import EquinoxNLPModel
 from ._errors import (
     CheckpointError,
+    DatasetError,
+    DatasetNotFoundError,
     IncompatibleStatePolicyError,
     InvalidArgumentError,
     InvalidTypeError,
@@ -50,6 +52,8 @@ __all__ = [
     "CheckpointError",
     "Counters",
     "DataLoader",
+    "DatasetError",
+    "DatasetNotFoundError",
     "EquinoxNLPModel",
     "Evaluation",
     "FlaxNLPModel",
@@ -70,6 +74,7 @@ __all__ = [
     "Status",
     "UnknownNameError",
     "__version__",
+    "datasets",
     "solve",
     "solvers",
     "traits",

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 __all__ = [
     "CheckpointError",
+    "DatasetError",
+    "DatasetNotFoundError",
     "IncompatibleStatePolicyError",
     "InvalidArgumentError",
     "InvalidTypeError",
@@ -76,3 +78,11 @@ class NonFiniteError(StatefulNLPError, FloatingPointError):
 
 class CheckpointError(StatefulNLPError, ValueError):
     """A checkpoint file is missing, corrupt, truncated or belongs to another problem/solver."""
+
+
+class DatasetError(StatefulNLPError, ValueError):
+    """A data file is corrupt, truncated or not in the expected format."""
+
+
+class DatasetNotFoundError(StatefulNLPError, FileNotFoundError):
+    """A data file is missing (the message says where it was looked for)."""

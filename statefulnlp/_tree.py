@@ -199,3 +199,12 @@ def make_flattener(tree: PyTree, name: str) -> Flattener:
         dtypes.append(jnp.dtype(dtype))
     flat_dtype = jnp.result_type(*dtypes)
     return Flattener(treedef, tuple(shapes), tuple(dtypes), jnp.dtype(flat_dtype))
+
+
+def safe_norm(v: jax.Array) -> jax.Array:
+    """‖v‖₂ without overflow or underflow for extreme entries (scaled by max |v_i|)."""
+    scale = jnp.max(jnp.abs(v)) if v.size else jnp.zeros((), v.dtype)
+    ok = (scale > 0) & jnp.isfinite(scale)
+    safe_scale = jnp.where(ok, scale, 1.0)
+    scaled = jnp.sqrt(jnp.sum((v / safe_scale) ** 2)) * safe_scale
+    return jnp.where(ok, scaled, jnp.where(scale > 0, scale, 0.0)).astype(v.dtype)

@@ -44,7 +44,7 @@ from .._errors import (
 from .._evaluate import Evaluation, Oracle, Tally
 from .._problem import AbstractNLPModel, _Core
 from .._stats import Stats, Status
-from .._tree import PyTree, changed_mask, tree_select
+from .._tree import PyTree, changed_mask, safe_norm, tree_select
 from ..traits import StatePolicy
 from ._base import CONTINUE, AbstractSolver
 
@@ -113,7 +113,7 @@ def _initialize(program: _Program, x0, state0, batch, consts, tolerances, memory
     point, oracle = oracle.objgrad(x0)
     atol, rtol = tolerances
     dtype = x0.dtype
-    gnorm = jnp.linalg.norm(point.g)
+    gnorm = safe_norm(point.g)
     tol = (atol + rtol * gnorm).astype(dtype)
     eps = jnp.finfo(dtype).eps
     fmin = (jnp.minimum(-1.0, point.f) / eps).astype(dtype)
@@ -245,7 +245,7 @@ def _iteration(program: _Program, batch, consts, limits, c: _Carry) -> _Carry:
         )
         here = tree_select(finite, (c.x, c.state, c.point), fallback)
         c = dataclasses.replace(c, x=here[0], state=here[1], point=here[2])
-        gnorm = jnp.linalg.norm(c.point.g)
+        gnorm = safe_norm(c.point.g)
         solver_status = program.solver.terminate(c.solver_state)
         status = jnp.where(
             ~finite,
@@ -284,7 +284,7 @@ def _final_evaluation(program: _Program, x, state, batch, consts, memory):
         state, batch, consts, Tally.zeros(len(jax.tree_util.tree_leaves(state))), memory
     )
     point, _ = oracle.objgrad(x)
-    return point.f, jnp.linalg.norm(point.g)
+    return point.f, safe_norm(point.g)
 
 
 _initialize_jit = jax.jit(_initialize, static_argnums=0)
@@ -439,7 +439,7 @@ def _scalars(program: _Program, carry: _Carry) -> dict[str, Any]:
             "grad": carry.tally.grad,
             "hprod": carry.tally.hprod,
             "f": carry.point.f,
-            "gnorm": jnp.linalg.norm(carry.point.g),
+            "gnorm": safe_norm(carry.point.g),
             "evaluated": carry.evaluated,
             "stop_after_eval": carry.stop_after_eval,
             "diag": diag,

@@ -11,6 +11,7 @@ from .._errors import InvalidArgumentError
 from .._evaluate import Evaluation, Oracle
 from .._quasi_newton import PairMemory, two_loop
 from .._stats import Status
+from .._tree import safe_norm
 from ._base import CONTINUE, AbstractSolver, Step
 from ._linesearch import StrongWolfe
 
@@ -90,7 +91,7 @@ class LBFGS(AbstractSolver[LBFGSState]):
         memory = PairMemory(memory.S, memory.Y, jnp.where(descent, memory.count, 0))
         d = jnp.where(descent, d, -g)
         empty = memory.count == 0
-        gnorm = jnp.linalg.norm(g)
+        gnorm = safe_norm(g)
         # Without curvature information the scale of d = -g is unknown: take a unit
         # first step (as L-BFGS-B does); afterwards the unit quasi-Newton step.
         step0 = jnp.where(empty, jnp.minimum(1.0, 1.0 / jnp.where(gnorm > 0, gnorm, 1.0)), 1.0)

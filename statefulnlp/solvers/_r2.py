@@ -11,7 +11,7 @@ from .. import traits
 from .._errors import InvalidArgumentError
 from .._evaluate import Evaluation, Oracle
 from .._stats import Status
-from .._tree import tree_select
+from .._tree import safe_norm, tree_select
 from ._base import CONTINUE, AbstractSolver, Step
 
 __all__ = ["R2"]
@@ -67,7 +67,7 @@ class R2(AbstractSolver[R2State]):
 
     def init(self, point: Evaluation) -> R2State:
         dtype = point.x.dtype
-        gnorm = jnp.linalg.norm(point.g)
+        gnorm = safe_norm(point.g)
         alpha = 1.0 / 2.0 ** jnp.round(jnp.log2(gnorm + 1.0))
         return R2State(alpha.astype(dtype), jnp.zeros((), dtype), jnp.asarray(CONTINUE, jnp.int32))
 

@@ -11,7 +11,7 @@ from .. import traits
 from .._errors import InvalidArgumentError, InvalidTypeError
 from .._evaluate import Evaluation, Oracle
 from .._stats import Status
-from .._tree import PyTree, tree_select
+from .._tree import PyTree, safe_norm, tree_select
 from ._base import CONTINUE, AbstractSolver, Step
 from ._steihaug_cg import SteihaugCG
 
@@ -102,7 +102,7 @@ class Trunk(AbstractSolver[TrunkState]):
 
     def init(self, point: Evaluation) -> TrunkState:
         dtype = point.x.dtype
-        gnorm = jnp.linalg.norm(point.g)
+        gnorm = safe_norm(point.g)
         radius = jnp.minimum(jnp.maximum(gnorm / 10.0, 1.0), 100.0)
         return TrunkState(
             radius.astype(dtype),
@@ -118,7 +118,7 @@ class Trunk(AbstractSolver[TrunkState]):
         dtype = point.x.dtype
         eps = jnp.finfo(dtype).eps
         x, f, g = point.x, point.f, point.g
-        gnorm = jnp.linalg.norm(g)
+        gnorm = safe_norm(g)
         radius = solver_state.radius
         cgtol = jnp.maximum(
             eps, jnp.minimum(jnp.minimum(0.1, jnp.sqrt(gnorm)), 0.9 * solver_state.cgtol)
@@ -180,7 +180,7 @@ class Trunk(AbstractSolver[TrunkState]):
         g_new, oracle = jax.lax.cond(accept & ~good_grad, gradient, lambda orc: (gt, orc), oracle)
         evaluation = tree_select(accept, Evaluation(trial.x, trial.f, g_new, trial.state), point)
 
-        snorm = scale * jnp.linalg.norm(s)
+        snorm = scale * safe_norm(s)
         max_radius = 1.0 / jnp.sqrt(eps)
         new_radius = jnp.where(
             ratio < self.eta1,
@@ -191,7 +191,7 @@ class Trunk(AbstractSolver[TrunkState]):
                 radius,
             ),
         ).astype(dtype)
-        xnorm = jnp.linalg.norm(x)
+        xnorm = safe_norm(x)
         tiny_radius = new_radius <= eps * (1.0 + xnorm)
         status = jnp.where(~accept & tiny_radius, Status.SMALL_STEP.code, CONTINUE).astype(
             jnp.int32
