@@ -65,7 +65,12 @@ def digits_split(
     X_train, X_test, y_train, y_test = train_test_split(
         X, y, test_size=test_size, stratify=y, random_state=random_state
     )
-    return X_train, X_test, y_train.astype(np.int32), y_test.astype(np.int32)
+    return (
+        np.asarray(X_train),
+        np.asarray(X_test),
+        np.asarray(y_train, np.int32),
+        np.asarray(y_test, np.int32),
+    )
 
 
 def default_data_dir() -> Path:

@@ -38,7 +38,7 @@ def write_mnist(directory, n_train=40, n_test=20, compress=False, seed=0):
 
 
 def test_digits_split_is_the_designed_split():
-    X_train, X_test, y_train, y_test = digits_split()
+    X_train, X_test, _, y_test = digits_split()
     assert X_train.shape == (1437, 64) and X_test.shape == (360, 64)
     assert X_train.dtype == np.float32 and X_train.min() >= 0.0 and X_train.max() <= 1.0
     assert np.bincount(y_test).min() >= 35  # stratified
