@@ -1,0 +1,82 @@
+"""Shared helpers of the benchmark scripts: timing, machine facts, JSON results."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def block(x: Any) -> Any:
+    return jax.block_until_ready(x)
+
+
+def timeit(fn: Callable[[], Any], repeat: int = 5, number: int = 1) -> float:
+    """Median over `repeat` runs of the time of `number` calls of fn (seconds per call)."""
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        for _ in range(number):
+            out = fn()
+        block(out)
+        times.append((time.perf_counter() - t) / number)
+    return statistics.median(times)
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    import equinox
+    import numpy
+    import optax
+
+    import statefulnlp
+
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
+        "equinox": equinox.__version__,
+        "optax": optax.__version__,
+        "numpy": numpy.__version__,
+        "statefulnlp": statefulnlp.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+    }
+    return info
+
+
+def save(name: str, payload: dict[str, Any]) -> str:
+    """Write `results/<name>_<backend>.json` and return its path."""
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{name}_{jax.default_backend()}.json")
+    with open(path, "w") as fh:
+        json.dump({"machine": machine(), **payload}, fh, indent=2, default=str)
+    print(f"\nsaved {path}")
+    return path
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """Print rows as an aligned text table."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    widths = {c: max(len(c), *(len(fmt(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  ".join(c.rjust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(fmt(r.get(c, "")).rjust(widths[c]) for c in columns))

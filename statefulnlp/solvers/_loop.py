@@ -1,0 +1,323 @@
+"""The device side of the solver loop: one pure iteration over a typed carry.
+
+The state policy is applied here and nowhere else:
+
+* the solver sees the iteration's frozen function through an `Oracle` built
+  from (s_k, B_k);
+* s_{k+1} is the state of the accepted point's evaluation (multi-evaluation
+  solvers), the state of the single evaluation at x_k (one-step solvers), or
+  s_k when the step is rejected;
+* f and ∇f at x_{k+1} are re-evaluated under (s_{k+1}, B_{k+1}) at the start of
+  the next iteration only if the state or the batch changed;
+* under `reject` every evaluation's new state is compared with its input.
+
+`run` executes up to `n_steps` iterations in one `lax.while_loop` and returns
+the carry with a small vector of scalars for the host (one transfer per chunk).
+The very first iteration evaluates x0 and initializes the solver, so a solve
+compiles a single loop program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+from .._errors import SolverTraitError
+from .._evaluate import Evaluation, Oracle, Tally
+from .._problem import _Core
+from .._stats import Status
+from .._tree import PyTree, changed_mask, safe_norm, tree_select
+from ..traits import StatePolicy
+from ._base import CONTINUE, AbstractSolver
+
+# Internal stop codes (negative: never a user-visible Status).
+MUTATION = -1
+TRAIT_VIOLATION = -2
+NONFINITE_START = -3
+INT_MAX = int(np.iinfo(np.int32).max)
+
+#: Layout of the integer and float info vectors returned by `run`.
+INT_FIELDS = ("status", "iter", "accepted", "obj", "grad", "hprod", "evaluated", "stop_after_eval")
+FLOAT_FIELDS = ("f", "gnorm")
+
+
+class Program(eqx.Module):
+    """Everything static about a solve: hashed, so equal programs share compiled code."""
+
+    core: _Core = eqx.field(static=True)
+    solver: AbstractSolver = eqx.field(static=True)
+    policy: StatePolicy = eqx.field(static=True)
+    one_step: bool = eqx.field(static=True)
+    hessian: Any = eqx.field(static=True)
+
+    def oracle(
+        self, state: PyTree, batch: PyTree, consts: PyTree, tally: Tally, memory: PyTree
+    ) -> Oracle:
+        return Oracle(
+            core=self.core,
+            state=state,
+            batch=batch,
+            consts=consts,
+            hessian=self.hessian,
+            memory=memory,
+            check_mutation=self.policy is StatePolicy.REJECT,
+            tally=tally,
+        )
+
+
+class Carry(eqx.Module):
+    """The loop state. Saved whole in checkpoints."""
+
+    x: Float[Array, " n"]
+    state: PyTree  # s_k
+    point: Evaluation  # evaluation at x (when `evaluated`), under (s_k, B_k) when `fresh`
+    fresh: Bool[Array, ""]
+    evaluated: Bool[Array, ""]
+    initialized: Bool[Array, ""]  # x0 evaluated and the solver initialized
+    prev_x: Float[Array, " n"]  # the iterate before the last step (fallback on NaN)
+    prev_state: PyTree
+    prev_point: Evaluation
+    solver_state: PyTree
+    memory: PyTree  # quasi-Newton pairs of LBFGSModel/LSR1Model problems, else None
+    iter: Int[Array, ""]
+    accepted: Int[Array, ""]
+    tally: Tally
+    status: Int[Array, ""]
+    stop_after_eval: Bool[Array, ""]  # the stop was decided on a fresh evaluation at x
+    atol: Float[Array, ""]
+    rtol: Float[Array, ""]
+    tol: Float[Array, ""]  # atol + rtol·‖g0‖
+    fmin: Float[Array, ""]  # below this f the problem is declared unbounded
+
+
+def _finite(point: Evaluation) -> Bool[Array, ""]:
+    return jnp.isfinite(point.f) & jnp.all(jnp.isfinite(point.g))
+
+
+def initial_carry(program: Program, x0, state0, tolerances, memory) -> Carry:
+    """The carry before any evaluation: the first iteration evaluates x0."""
+    dtype = x0.dtype
+    zero_f = jnp.zeros((), dtype)
+    placeholder = Evaluation(x0, zero_f, jnp.zeros_like(x0), state0)
+    zero = jnp.zeros((), jnp.int32)
+    no = jnp.asarray(False)
+    atol, rtol = tolerances
+    return Carry(
+        x=x0,
+        state=state0,
+        point=placeholder,
+        fresh=no,
+        evaluated=no,
+        initialized=no,
+        prev_x=x0,
+        prev_state=state0,
+        prev_point=placeholder,
+        solver_state=program.solver.init(placeholder),  # its structure; set after x0's evaluation
+        memory=memory,
+        iter=zero,
+        accepted=zero,
+        tally=Tally.zeros(len(jax.tree_util.tree_leaves(state0))),
+        status=jnp.asarray(CONTINUE, jnp.int32),
+        stop_after_eval=no,
+        atol=jnp.asarray(atol, dtype),
+        rtol=jnp.asarray(rtol, dtype),
+        tol=zero_f,
+        fmin=zero_f,
+    )
+
+
+def _start(program: Program, c: Carry) -> Carry:
+    """After the first evaluation: the stopping threshold and the solver's memory."""
+    dtype = c.x.dtype
+    eps = jnp.finfo(dtype).eps
+    return dataclasses.replace(
+        c,
+        tol=(c.atol + c.rtol * safe_norm(c.point.g)).astype(dtype),
+        fmin=(jnp.minimum(-1.0, c.point.f) / eps).astype(dtype),
+        solver_state=program.solver.init(c.point),
+        prev_x=c.x,
+        prev_state=c.state,
+        prev_point=c.point,
+        initialized=jnp.asarray(True),
+    )
+
+
+def _step(program: Program, batch, consts, c: Carry) -> Carry:
+    """One solver step from a fresh, finite evaluation at x_k."""
+    solver = program.solver
+    oracle = program.oracle(c.state, batch, consts, c.tally, c.memory)
+    step, solver_state, oracle = solver.step(oracle, c.point, c.solver_state)
+    tally = oracle.tally
+    status = jnp.asarray(CONTINUE, jnp.int32)
+    memory = c.memory
+    if program.one_step:
+        if step.evaluation is not None:
+            raise SolverTraitError(
+                f"{type(solver).__name__} is registered one-step safe but its step returned an "
+                "evaluation at the new point; one-step solvers make only the driver's evaluation at x_k"
+            )
+        # The only evaluation of the iteration is the one at x_k: its state is s_{k+1}.
+        evaluated_inside = (tally.obj + tally.grad + tally.hprod) > (
+            c.tally.obj + c.tally.grad + c.tally.hprod
+        )
+        status = jnp.where(evaluated_inside, TRAIT_VIOLATION, status)
+        x_next, state_next, point_next = step.x, c.point.state, c.point
+        accepted = jnp.asarray(True)
+        fresh = evaluated = jnp.asarray(False)
+    else:
+        ev = step.evaluation
+        if ev is None:
+            raise SolverTraitError(
+                f"{type(solver).__name__} is a multi-evaluation solver, so its step must return the "
+                "Evaluation at its new iterate (the driver takes the next state from it)"
+            )
+        bad = step.accepted & ~_finite(ev)
+        accepted = step.accepted & ~bad
+        status = jnp.where(bad, Status.EXCEPTION.code, status)
+        state_next = tree_select(accepted, ev.state, c.state)
+        point_next = tree_select(accepted, ev, c.point)
+        x_next = point_next.x
+        fresh = ~accepted | ~jnp.any(changed_mask(state_next, c.state))
+        evaluated = jnp.asarray(True)
+        if program.hessian is not None:
+            pushed = program.hessian.push(memory, ev.x - c.x, ev.g - c.point.g)
+            memory = tree_select(accepted, pushed, memory)
+    status = jnp.where(jnp.any(tally.mutated), MUTATION, status).astype(jnp.int32)
+    return dataclasses.replace(
+        c,
+        x=x_next,
+        state=state_next,
+        point=point_next,
+        fresh=fresh,
+        evaluated=evaluated,
+        prev_x=c.x,
+        prev_state=c.state,
+        prev_point=c.point,
+        solver_state=solver_state,
+        memory=memory,
+        iter=c.iter + 1,
+        accepted=c.accepted + accepted.astype(jnp.int32),
+        tally=tally,
+        status=status,
+    )
+
+
+def _evaluate_here(program: Program, batch, consts, c: Carry) -> tuple[Carry, Bool[Array, ""]]:
+    """Make `point` a fresh evaluation at x under (s_k, B_k).
+
+    Returns the carry and whether that evaluation is finite; when it is not, the
+    carry holds the last good point instead.
+    """
+
+    def reevaluate(c: Carry) -> Carry:
+        oracle = program.oracle(c.state, batch, consts, c.tally, c.memory)
+        point, oracle = oracle.objgrad(c.x)
+        yes = jnp.asarray(True)
+        return dataclasses.replace(c, point=point, tally=oracle.tally, fresh=yes, evaluated=yes)
+
+    before = c
+    c = jax.lax.cond(c.fresh, lambda c: c, reevaluate, c)
+    c = jax.lax.cond(c.initialized, lambda c: c, lambda c: _start(program, c), c)
+    finite = _finite(c.point)
+    # A non-finite evaluation at x_k stops the solve at the last good point: x_k itself
+    # when an earlier, finite evaluation was made there (under the previous state or
+    # batch), else the previous iterate (one-step solvers).
+    keep_x = before.evaluated & _finite(before.point)
+    fallback = tree_select(
+        keep_x, (before.x, before.state, before.point), (c.prev_x, c.prev_state, c.prev_point)
+    )
+    here = tree_select(finite, (c.x, c.state, c.point), fallback)
+    return dataclasses.replace(c, x=here[0], state=here[1], point=here[2]), finite
+
+
+def _iteration(program: Program, batch, consts, limits, start, n_steps, c: Carry) -> Carry:
+    """Limits, a fresh evaluation at x_k, the stopping tests, then (maybe) a step."""
+    max_iter, max_eval = limits
+    limit = jnp.where(
+        c.iter >= max_iter,
+        Status.MAX_ITER.code,
+        jnp.where(c.tally.obj >= max_eval, Status.MAX_EVAL.code, CONTINUE),
+    ).astype(jnp.int32)
+    # The first iteration always evaluates x0 (max_iter=0 still reports f(x0)).
+    limit = jnp.where(c.initialized, limit, CONTINUE)
+
+    def proceed(c: Carry) -> Carry:
+        first = ~c.initialized
+        c, finite = _evaluate_here(program, batch, consts, c)
+        solver_status = program.solver.terminate(c.solver_state)
+        status = jnp.where(
+            ~finite,
+            jnp.where(first, NONFINITE_START, Status.EXCEPTION.code),
+            jnp.where(
+                safe_norm(c.point.g) <= c.tol,
+                Status.FIRST_ORDER.code,
+                jnp.where(
+                    c.point.f < c.fmin,
+                    Status.UNBOUNDED.code,
+                    jnp.where(c.iter >= max_iter, Status.MAX_ITER.code, solver_status),
+                ),
+            ),
+        )
+        status = jnp.where(jnp.any(c.tally.mutated), MUTATION, status).astype(jnp.int32)
+        c = dataclasses.replace(c, status=status, stop_after_eval=finite & (status != CONTINUE))
+        go = (status == CONTINUE) & (c.iter - start < n_steps)
+        return jax.lax.cond(go, lambda c: _step(program, batch, consts, c), lambda c: c, c)
+
+    return jax.lax.cond(
+        limit == CONTINUE, proceed, lambda c: dataclasses.replace(c, status=limit), c
+    )
+
+
+def info(program: Program, c: Carry) -> tuple[Int[Array, " k"], Float[Array, " m"]]:
+    """The scalars the host reads after a chunk, as one int and one float vector."""
+    ints = jnp.stack(
+        [
+            c.status,
+            c.iter,
+            c.accepted,
+            c.tally.obj,
+            c.tally.grad,
+            c.tally.hprod,
+            c.evaluated.astype(jnp.int32),
+            c.stop_after_eval.astype(jnp.int32),
+        ]
+    )
+    diag = program.solver.diagnostics(c.solver_state)
+    floats = [c.point.f, safe_norm(c.point.g), *diag.values()]
+    return ints, jnp.stack([jnp.asarray(v, c.x.dtype) for v in floats])
+
+
+def run(program: Program, carry: Carry, batch, consts, n_steps, limits, batch_changed):
+    """Up to `n_steps` iterations in one `lax.while_loop` (stops early on any status)."""
+    program.core.traces.bump("solve_run")
+    carry = dataclasses.replace(carry, fresh=carry.fresh & ~batch_changed)
+    start = carry.iter
+
+    def cond(c: Carry):
+        return (c.status == CONTINUE) & ((c.iter - start < n_steps) | ~c.initialized)
+
+    def body(c: Carry):
+        return _iteration(program, batch, consts, limits, start, n_steps, c)
+
+    carry = jax.lax.while_loop(cond, body, carry)
+    return carry, info(program, carry)
+
+
+def final_evaluation(program: Program, x, state, batch, consts, memory):
+    """f and ||g|| at the final iterate when the loop made no evaluation there."""
+    program.core.traces.bump("solve_final")
+    n_leaves = len(jax.tree_util.tree_leaves(state))
+    oracle = program.oracle(state, batch, consts, Tally.zeros(n_leaves), memory)
+    point, _ = oracle.objgrad(x)
+    return point.f, safe_norm(point.g)
+
+
+initial_jit = jax.jit(initial_carry, static_argnums=0)
+run_jit = jax.jit(run, static_argnums=0)
+final_jit = jax.jit(final_evaluation, static_argnums=0)
