@@ -29,7 +29,7 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import save, table  # noqa: E402
+from _bench import save, table  # noqa: E402
 
 import statefulnlp as snlp  # noqa: E402
 
@@ -99,7 +99,7 @@ def run_optax(f, x0):
         return x, k, evals
 
     def run():
-        x, k, e = solve(x0)
+        x, k, _e = solve(x0)
         return x, int(k), None
 
     return run

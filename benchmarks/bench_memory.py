@@ -18,14 +18,14 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common import save, table
+from _bench import save, table
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "examples"))
 from digits_cnn import LeNet, loss
 
 import statefulnlp as snlp
 from statefulnlp.datasets import digits_split
-from statefulnlp.solvers._loop import Program, initial_jit, run_jit
+from statefulnlp.solvers._loop import Program
 
 
 def mib(nbytes: int) -> float:
@@ -49,10 +49,10 @@ def lbfgs_memory(n: int, mem: int) -> dict:
     nlp = snlp.StatefulNLPModel(fn, jnp.ones(n, jnp.float32))
     program = Program(nlp._core, snlp.solvers.LBFGS(mem=mem), snlp.StatePolicy.FREEZE, False, None)
     tol = (np.float32(1e-6), np.float32(0.0))
-    carry = initial_jit(program, nlp.x0, nlp.state0, tol, None)
-    lowered = run_jit.lower(
-        program, carry, None, None, np.int32(10), (np.int32(10), np.int32(100)), np.bool_(False)
-    )
+    jitted = compiled(program)
+    carry = jitted.initial(nlp.x0, nlp.state0, tol, None)
+    limits = (np.int32(10), np.int32(100))
+    lowered = jitted.run.lower(carry, None, None, np.int32(10), limits, np.bool_(False))
     a = analysis(lowered.compile())
     total = a["argument"] + a["temp"]
     return {

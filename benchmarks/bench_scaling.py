@@ -24,7 +24,7 @@ def measure(devices: int, repeat: int = 30) -> dict:
     import equinox as eqx
     import jax
     import numpy as np
-    from _common import timeit
+    from _bench import timeit
 
     sys.path.insert(
         0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "examples")
@@ -58,7 +58,7 @@ def main() -> None:
         print(json.dumps(measure(int(sys.argv[2]))))
         return
     import jax
-    from _common import save, table
+    from _bench import save, table
 
     real = len(jax.devices())
     rows = []

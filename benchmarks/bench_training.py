@@ -20,7 +20,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
-from _common import save, table
+from _bench import save, table
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "examples"))
 from digits_cnn import LeNet, loss
@@ -77,7 +77,7 @@ def handwritten_adam(iters, lr=3e-3):
     t = time.perf_counter()
     epoch, index = 0, 0
     for _ in range(iters):
-        params, opt_state, state, value = step(
+        params, opt_state, state, _value = step(
             params, opt_state, state, loader.batch(epoch, index, order)
         )
         index += 1

@@ -19,7 +19,7 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import save, table  # noqa: E402
+from _bench import save, table  # noqa: E402
 from bench_lbfgs import GTOL, logistic_problem, rosenbrock_problem  # noqa: E402
 
 import statefulnlp as snlp  # noqa: E402

@@ -41,10 +41,8 @@ from ._loop import (
     TRAIT_VIOLATION,
     Carry,
     Program,
-    final_jit,
+    compiled,
     initial_carry,
-    initial_jit,
-    run_jit,
 )
 
 __all__ = ["solve"]
@@ -193,8 +191,8 @@ def _read(out: tuple[Any, Any]) -> dict[str, Any]:
     info: dict[str, Any] = {k: int(v) for k, v in zip(INT_FIELDS, ints)}
     info.update({k: float(v) for k, v in zip(FLOAT_FIELDS, floats)})
     info["diag"] = [float(v) for v in floats[len(FLOAT_FIELDS) :]]
-    info["evaluated"] = bool(info["evaluated"])
-    info["stop_after_eval"] = bool(info["stop_after_eval"])
+    for key in ("evaluated", "stop_after_eval", "fresh", "initialized"):
+        info[key] = bool(info[key])
     return info
 
 
@@ -303,6 +301,7 @@ class _Solve:
         self.previous_elapsed = 0.0
         self.batch_changed = False
         self.version = nlp._batch_version
+        self.compiled = compiled(program)
 
     # -- counters -------------------------------------------------------------------
     def _sync_counters(self, info: dict[str, Any]) -> None:
@@ -320,7 +319,7 @@ class _Solve:
         tolerances = (np.asarray(opts.atol, nlp.dtype), np.asarray(opts.rtol, nlp.dtype))
         args = (nlp.x0, nlp.state0, tolerances, memory)
         if opts.resume is None:
-            return initial_jit(program, *args)
+            return self.compiled.initial(*args)
         from .._checkpoint import load_checkpoint
 
         template = jax.eval_shape(lambda *a: initial_carry(program, *a), *args)
@@ -399,17 +398,29 @@ class _Solve:
             n = min(n, 1 if per_iter is None else max(1, int(target / max(per_iter, 1e-7))))
         return max(n, 1)
 
-    def _call(self, carry: Carry, n: int, limits: tuple[Any, Any]) -> tuple[Carry, dict[str, Any]]:
+    def _call(
+        self, carry: Carry, n: int, limits: tuple[Any, Any], last: dict[str, Any]
+    ) -> tuple[Carry, dict[str, Any]]:
+        """Up to `n` iterations on the device; `last` is what the previous call returned.
+
+        With a callback each call is one iteration, run as a straight-line top-level
+        program (XLA on CPU runs convolutions in loop bodies far slower than at the
+        top level); the limits are then checked here. Without one, a `while_loop`.
+        """
         nlp = self.nlp
-        carry, out = run_jit(
-            self.program,
-            carry,
-            nlp._stream.current(),
-            nlp._consts,
-            np.int32(n),
-            limits,
-            np.bool_(self.batch_changed),
-        )
+        batch, consts = nlp._stream.current(), nlp._consts
+        if self.opts.callback is not None:
+            if last["initialized"]:
+                if last["iter"] >= self.opts.max_iter:
+                    return carry, dict(last, status=Status.MAX_ITER.code, stop_after_eval=False)
+                if self.opts.max_eval is not None and last["obj"] >= self.opts.max_eval:
+                    return carry, dict(last, status=Status.MAX_EVAL.code, stop_after_eval=False)
+            reeval = self.batch_changed or not last["fresh"]
+            carry, out = self.compiled.once[reeval, n > 0](carry, batch, consts, limits[0])
+        else:
+            carry, out = self.compiled.run(
+                carry, batch, consts, np.int32(n), limits, np.bool_(self.batch_changed)
+            )
         self.batch_changed = False
         info = _read(out)
         self._sync_counters(info)
@@ -428,23 +439,24 @@ class _Solve:
             np.int32(min(opts.max_iter, INT_MAX)),
             np.int32(INT_MAX if opts.max_eval is None else min(opts.max_eval, INT_MAX)),
         )
+        info = _read(self.compiled.info(carry))  # where the carry stands (a resumed run)
         log = None
         if opts.verbose:
             shapes = jax.eval_shape(lambda c: program.solver.diagnostics(c.solver_state), carry)
             log = _Log(program.policy, self.traits.name, tuple(shapes))
-            # A first call with no step evaluates x0 for the log's first row.
-            carry, info = self._call(carry, 0, limits)
+            if not info["initialized"]:
+                # A first call with no step evaluates x0 for the log's first row.
+                carry, info = self._call(carry, 0, limits, info)
             log.row(info, time.perf_counter() - t0 + self.previous_elapsed)
         host_status: Status | None = None
         per_iter: float | None = None
-        iter_now = int(jax.device_get(carry.iter))
-        info: dict[str, Any] = {}
+        iter_now = info["iter"]
         try:
             while True:
                 elapsed = time.perf_counter() - t0
                 n = self._chunk(iter_now, per_iter, elapsed)
                 tc = time.perf_counter()
-                carry, info = self._call(carry, n, limits)
+                carry, info = self._call(carry, n, limits, info)
                 steps = info["iter"] - iter_now
                 iter_now = info["iter"]
                 elapsed = time.perf_counter() - t0
@@ -472,7 +484,7 @@ class _Solve:
                 if host_status is not None:
                     break
         except KeyboardInterrupt:
-            if opts.checkpoint is not None and info:
+            if opts.checkpoint is not None:
                 self._save(carry, info, time.perf_counter() - t0, self._pending_batch_change())
             raise
         status = host_status or Status.from_code(info["status"])
@@ -510,8 +522,7 @@ class _Solve:
         if final and not info["evaluated"]:
             # One-step solvers stopped by a limit: one extra counted evaluation at the
             # final iterate; its new state is discarded.
-            f, gnorm = final_jit(
-                program,
+            f, gnorm = self.compiled.final(
                 carry.x,
                 carry.state,
                 self.nlp._stream.current(),

@@ -124,8 +124,11 @@ class StrongWolfe(eqx.Module):
             return (~s.done) & (s.trials < self.max_trials)
 
         def body(s: _SearchState) -> _SearchState:
+            trial, orc = s.oracle.objgrad(point.x + s.t * direction)
+            return update(s, trial, orc)
+
+        def update(s: _SearchState, trial: Evaluation, orc: Oracle) -> _SearchState:
             t = s.t
-            trial, orc = s.oracle.objgrad(point.x + t * direction)
             ft = trial.f
             dft = jnp.vdot(trial.g, direction)
             finite = jnp.isfinite(ft) & jnp.isfinite(dft)
@@ -174,6 +177,10 @@ class StrongWolfe(eqx.Module):
                 oracle=orc,
             )
 
+        if oracle.toplevel:
+            # The first trial (usually accepted) outside the loop: see Oracle.toplevel.
+            first, orc = oracle.objgrad(point.x + init.t * direction)
+            init = update(init, first, orc)
         final = jax.lax.while_loop(cond, body, init)
         decrease = final.lo.t > 0
         result = LineSearchResult(

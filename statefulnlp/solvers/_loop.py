@@ -20,6 +20,7 @@ compiles a single loop program.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import equinox as eqx
@@ -43,7 +44,18 @@ NONFINITE_START = -3
 INT_MAX = int(np.iinfo(np.int32).max)
 
 #: Layout of the integer and float info vectors returned by `run`.
-INT_FIELDS = ("status", "iter", "accepted", "obj", "grad", "hprod", "evaluated", "stop_after_eval")
+INT_FIELDS = (
+    "status",
+    "iter",
+    "accepted",
+    "obj",
+    "grad",
+    "hprod",
+    "evaluated",
+    "stop_after_eval",
+    "fresh",
+    "initialized",
+)
 FLOAT_FIELDS = ("f", "gnorm")
 
 
@@ -57,7 +69,13 @@ class Program(eqx.Module):
     hessian: Any = eqx.field(static=True)
 
     def oracle(
-        self, state: PyTree, batch: PyTree, consts: PyTree, tally: Tally, memory: PyTree
+        self,
+        state: PyTree,
+        batch: PyTree,
+        consts: PyTree,
+        tally: Tally,
+        memory: PyTree,
+        toplevel: bool = False,
     ) -> Oracle:
         return Oracle(
             core=self.core,
@@ -68,6 +86,7 @@ class Program(eqx.Module):
             memory=memory,
             check_mutation=self.policy is StatePolicy.REJECT,
             tally=tally,
+            toplevel=toplevel,
         )
 
 
@@ -148,10 +167,10 @@ def _start(program: Program, c: Carry) -> Carry:
     )
 
 
-def _step(program: Program, batch, consts, c: Carry) -> Carry:
+def _step(program: Program, batch, consts, c: Carry, toplevel: bool = False) -> Carry:
     """One solver step from a fresh, finite evaluation at x_k."""
     solver = program.solver
-    oracle = program.oracle(c.state, batch, consts, c.tally, c.memory)
+    oracle = program.oracle(c.state, batch, consts, c.tally, c.memory, toplevel)
     step, solver_state, oracle = solver.step(oracle, c.point, c.solver_state)
     tally = oracle.tally
     status = jnp.asarray(CONTINUE, jnp.int32)
@@ -208,22 +227,24 @@ def _step(program: Program, batch, consts, c: Carry) -> Carry:
     )
 
 
-def _evaluate_here(program: Program, batch, consts, c: Carry) -> tuple[Carry, Bool[Array, ""]]:
-    """Make `point` a fresh evaluation at x under (s_k, B_k).
+def _reevaluate(program: Program, batch, consts, c: Carry, toplevel: bool = False) -> Carry:
+    """`point` := a fresh evaluation at x under (s_k, B_k) (counted, state checked)."""
+    oracle = program.oracle(c.state, batch, consts, c.tally, c.memory, toplevel)
+    point, oracle = oracle.objgrad(c.x)
+    yes = jnp.asarray(True)
+    return dataclasses.replace(c, point=point, tally=oracle.tally, fresh=yes, evaluated=yes)
 
-    Returns the carry and whether that evaluation is finite; when it is not, the
-    carry holds the last good point instead.
+
+def _settle(program: Program, before: Carry, c: Carry, max_iter) -> tuple[Carry, Bool[Array, ""]]:
+    """After the evaluation at x_k: initialize on the first one, fall back on NaN, decide.
+
+    `before` is the carry before the evaluation. Returns the carry with its status
+    set and whether the loop may step.
     """
-
-    def reevaluate(c: Carry) -> Carry:
-        oracle = program.oracle(c.state, batch, consts, c.tally, c.memory)
-        point, oracle = oracle.objgrad(c.x)
-        yes = jnp.asarray(True)
-        return dataclasses.replace(c, point=point, tally=oracle.tally, fresh=yes, evaluated=yes)
-
-    before = c
-    c = jax.lax.cond(c.fresh, lambda c: c, reevaluate, c)
-    c = jax.lax.cond(c.initialized, lambda c: c, lambda c: _start(program, c), c)
+    first = ~c.initialized
+    # solver.init is cheap and evaluates nothing: compute it and select, so this
+    # stays straight-line code (no branch) for the top-level iteration.
+    c = tree_select(c.initialized, c, _start(program, c))
     finite = _finite(c.point)
     # A non-finite evaluation at x_k stops the solve at the last good point: x_k itself
     # when an earlier, finite evaluation was made there (under the previous state or
@@ -233,7 +254,24 @@ def _evaluate_here(program: Program, batch, consts, c: Carry) -> tuple[Carry, Bo
         keep_x, (before.x, before.state, before.point), (c.prev_x, c.prev_state, c.prev_point)
     )
     here = tree_select(finite, (c.x, c.state, c.point), fallback)
-    return dataclasses.replace(c, x=here[0], state=here[1], point=here[2]), finite
+    c = dataclasses.replace(c, x=here[0], state=here[1], point=here[2])
+    solver_status = program.solver.terminate(c.solver_state)
+    status = jnp.where(
+        ~finite,
+        jnp.where(first, NONFINITE_START, Status.EXCEPTION.code),
+        jnp.where(
+            safe_norm(c.point.g) <= c.tol,
+            Status.FIRST_ORDER.code,
+            jnp.where(
+                c.point.f < c.fmin,
+                Status.UNBOUNDED.code,
+                jnp.where(c.iter >= max_iter, Status.MAX_ITER.code, solver_status),
+            ),
+        ),
+    )
+    status = jnp.where(jnp.any(c.tally.mutated), MUTATION, status).astype(jnp.int32)
+    c = dataclasses.replace(c, status=status, stop_after_eval=finite & (status != CONTINUE))
+    return c, status == CONTINUE
 
 
 def _iteration(program: Program, batch, consts, limits, start, n_steps, c: Carry) -> Carry:
@@ -248,30 +286,34 @@ def _iteration(program: Program, batch, consts, limits, start, n_steps, c: Carry
     limit = jnp.where(c.initialized, limit, CONTINUE)
 
     def proceed(c: Carry) -> Carry:
-        first = ~c.initialized
-        c, finite = _evaluate_here(program, batch, consts, c)
-        solver_status = program.solver.terminate(c.solver_state)
-        status = jnp.where(
-            ~finite,
-            jnp.where(first, NONFINITE_START, Status.EXCEPTION.code),
-            jnp.where(
-                safe_norm(c.point.g) <= c.tol,
-                Status.FIRST_ORDER.code,
-                jnp.where(
-                    c.point.f < c.fmin,
-                    Status.UNBOUNDED.code,
-                    jnp.where(c.iter >= max_iter, Status.MAX_ITER.code, solver_status),
-                ),
-            ),
-        )
-        status = jnp.where(jnp.any(c.tally.mutated), MUTATION, status).astype(jnp.int32)
-        c = dataclasses.replace(c, status=status, stop_after_eval=finite & (status != CONTINUE))
-        go = (status == CONTINUE) & (c.iter - start < n_steps)
+        before = c
+        c = jax.lax.cond(c.fresh, lambda c: c, lambda c: _reevaluate(program, batch, consts, c), c)
+        c, go = _settle(program, before, c, max_iter)
+        go = go & (c.iter - start < n_steps)
         return jax.lax.cond(go, lambda c: _step(program, batch, consts, c), lambda c: c, c)
 
     return jax.lax.cond(
         limit == CONTINUE, proceed, lambda c: dataclasses.replace(c, status=limit), c
     )
+
+
+def iterate_once(program: Program, reeval: bool, step: bool, carry: Carry, batch, consts, max_iter):
+    """One iteration as a straight-line, top-level program (the callback path).
+
+    The host checks the limits before calling and decides (statically) whether x_k
+    needs a fresh evaluation, and whether to step at all (`step=False` only
+    evaluates, for the first row of a log). No branch or loop wraps the evaluation
+    at x_k nor the step: the step is always computed and selected, and solvers make
+    their first evaluation outside their own loops (`Oracle.toplevel`). Same
+    semantics as one pass of the `while_loop` body.
+    """
+    program.core.traces.bump("solve_once")
+    c = _reevaluate(program, batch, consts, carry, toplevel=True) if reeval else carry
+    c, go = _settle(program, carry, c, max_iter)
+    if step:
+        stepped = _step(program, batch, consts, c, toplevel=True)
+        c = tree_select(go, stepped, c)
+    return c, info(program, c)
 
 
 def info(program: Program, c: Carry) -> tuple[Int[Array, " k"], Float[Array, " m"]]:
@@ -286,6 +328,8 @@ def info(program: Program, c: Carry) -> tuple[Int[Array, " k"], Float[Array, " m
             c.tally.hprod,
             c.evaluated.astype(jnp.int32),
             c.stop_after_eval.astype(jnp.int32),
+            c.fresh.astype(jnp.int32),
+            c.initialized.astype(jnp.int32),
         ]
     )
     diag = program.solver.diagnostics(c.solver_state)
@@ -318,6 +362,28 @@ def final_evaluation(program: Program, x, state, batch, consts, memory):
     return point.f, safe_norm(point.g)
 
 
-initial_jit = jax.jit(initial_carry, static_argnums=0)
-run_jit = jax.jit(run, static_argnums=0)
-final_jit = jax.jit(final_evaluation, static_argnums=0)
+class Compiled:
+    """The jitted functions of one program.
+
+    Built once per solve; equal programs (same problem core, solver settings and
+    policy) share one `Compiled`, so their loop compiles once. Binding the program
+    here also spares hashing it as a static argument at every chunk.
+    """
+
+    def __init__(self, program: Program):
+        self.initial = jax.jit(functools.partial(initial_carry, program))
+        self.run = jax.jit(functools.partial(run, program))
+        self.final = jax.jit(functools.partial(final_evaluation, program))
+        self.info = jax.jit(functools.partial(info, program))
+        # One straight-line iteration, keyed by (evaluate x_k first, step).
+        self.once = {
+            (reeval, step): jax.jit(functools.partial(iterate_once, program, reeval, step))
+            for reeval in (True, False)
+            for step in (True, False)
+        }
+
+
+@functools.lru_cache(maxsize=128)
+def compiled(program: Program) -> Compiled:
+    """The (cached) `Compiled` of `program`."""
+    return Compiled(program)
