@@ -25,7 +25,7 @@ from digits_cnn import LeNet, loss
 
 import statefulnlp as snlp
 from statefulnlp.datasets import digits_split
-from statefulnlp.solvers._loop import Program
+from statefulnlp.solvers._loop import Program, compiled
 
 
 def mib(nbytes: int) -> float:
