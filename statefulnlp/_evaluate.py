@@ -34,6 +34,15 @@ class Evaluation(eqx.Module):
 
     `state` is the new state that `fn` returned at `x`; solvers carry it
     opaquely and never look inside.
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        import statefulnlp as snlp
+
+        point = snlp.Evaluation(x=jnp.ones(2), f=jnp.float32(2.0), g=2 * jnp.ones(2), state=None)
+        assert float(point.f) == 2.0
+        ```
     """
 
     x: Float[Array, " n"]
@@ -81,6 +90,32 @@ class Oracle(eqx.Module):
             may then make their first, most likely evaluation outside their own loops
             and branches (XLA on CPU runs convolutions inside loop bodies and branches
             far slower than at the top level).
+
+    Example:
+        ```python
+        import jax
+        import jax.numpy as jnp
+        import statefulnlp as snlp
+        from statefulnlp.solvers import AbstractSolver, Step
+
+        class HalfStep(AbstractSolver):
+            # Tries x - g, and x - g/2 if that does not decrease f.
+
+            def init(self, point):
+                return None
+
+            def step(self, oracle, point, solver_state):
+                full, oracle = oracle.objgrad(point.x - point.g)  # counted, frozen state
+                half, oracle = oracle.objgrad(point.x - 0.5 * point.g)
+                new = jax.tree_util.tree_map(
+                    lambda a, b: jnp.where(full.f < point.f, a, b), full, half
+                )
+                return Step(new.x, jnp.asarray(True), new), None, oracle
+
+        snlp.traits.register(HalfStep, one_step_safe=False)
+        nlp = snlp.StatefulNLPModel(lambda x, s, b: (jnp.sum(x ** 2), s), jnp.ones(2))
+        assert snlp.solve(nlp, HalfStep(), max_iter=50).status == "first_order"
+        ```
     """
 
     core: _Core = eqx.field(static=True)

@@ -43,6 +43,17 @@ class Counters:
     """Evaluations made so far (Python ints).
 
     `objgrad` adds one to `obj` and one to `grad`; `max_eval` in `solve` bounds `obj`.
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        import statefulnlp as snlp
+
+        nlp = snlp.StatefulNLPModel(lambda x, s, b: (jnp.sum(x ** 2), s), jnp.ones(2))
+        nlp.objgrad(nlp.x0)
+        assert (nlp.counters.obj, nlp.counters.grad, nlp.counters.hprod) == (1, 1, 0)
+        nlp.reset_counters()
+        ```
     """
 
     obj: int = 0
@@ -198,7 +209,21 @@ def _as_vector(x: Any, name: str) -> jax.Array:
 
 
 class AbstractNLPModel:
-    """What every problem offers to the solvers (see `StatefulNLPModel`)."""
+    """What every problem offers to the solvers (see `StatefulNLPModel`).
+
+    `StatefulNLPModel` and its model wrappers, and the quasi-Newton models, are
+    problems; `solve` accepts any of them.
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        import statefulnlp as snlp
+
+        nlp = snlp.StatefulNLPModel(lambda x, s, b: (jnp.sum(x ** 2), s), jnp.ones(2))
+        assert isinstance(nlp, snlp.AbstractNLPModel)
+        assert isinstance(snlp.LSR1Model(nlp), snlp.AbstractNLPModel)
+        ```
+    """
 
     counters: Counters
 

@@ -321,6 +321,19 @@ class LSR1Model(_QuasiNewtonModel):
     SR1 can model negative curvature, which a trust region exploits:
     `solve(snlp.LSR1Model(nlp), "trunk")` is a quasi-Newton trust-region method.
     See `LBFGSModel` for how the memory is carried.
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        import statefulnlp as snlp
+
+        def rosenbrock(x, s, b):
+            return jnp.sum(100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2), s
+
+        nlp = snlp.StatefulNLPModel(rosenbrock, jnp.array([-1.2, 1.0]))
+        stats = snlp.solve(snlp.LSR1Model(nlp, mem=5), "trunk", max_iter=500)
+        assert stats.status == "first_order"
+        ```
     """
 
     _operator_cls = SR1Operator

@@ -14,7 +14,16 @@ __all__ = ["Stats", "Status"]
 
 
 class Status(str, enum.Enum):
-    """Why a solve stopped. A `str` enum: `stats.status == "first_order"` holds."""
+    """Why a solve stopped. A `str` enum: `stats.status == "first_order"` holds.
+
+    Example:
+        ```python
+        import statefulnlp as snlp
+
+        assert snlp.Status.MAX_ITER == "max_iter"
+        print(snlp.Status.MAX_ITER.message)
+        ```
+    """
 
     UNKNOWN = "unknown"
     FIRST_ORDER = "first_order"
@@ -86,6 +95,18 @@ class Stats:
         accepted: how many steps were accepted.
         solver_state: the solver's final memory (e.g. L-BFGS pairs, trust radius), as
             device arrays; for inspection.
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        import statefulnlp as snlp
+
+        nlp = snlp.StatefulNLPModel(lambda x, s, b: (jnp.sum((x - 1) ** 2), s), jnp.zeros(2))
+        stats = snlp.solve(nlp, "trunk")
+        print(stats)  # status, objective, ‖∇f‖, iterations, evaluations
+        assert stats.status == "first_order" and stats.message == stats.status.message
+        x = stats.solution  # a flat vector; nlp.unflatten(x) gives the pytree
+        ```
     """
 
     status: Status

@@ -74,7 +74,15 @@ def digits_split(
 
 
 def default_data_dir() -> Path:
-    """`$STATEFULNLP_DATA`, else `~/.cache/statefulnlp`."""
+    """`$STATEFULNLP_DATA`, else `~/.cache/statefulnlp`.
+
+    Example:
+        ```python
+        from statefulnlp.datasets import default_data_dir
+
+        print(default_data_dir() / "mnist")
+        ```
+    """
     env = os.environ.get("STATEFULNLP_DATA")
     return Path(env) if env else Path.home() / ".cache" / "statefulnlp"
 
@@ -84,6 +92,17 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
     Raises `DatasetNotFoundError` if the file does not exist and `DatasetError` if it
     is not a well-formed IDX file (bad magic number, unknown type, truncated data).
+
+    Example:
+        ```python
+        import os, struct, tempfile
+        from statefulnlp.datasets import read_idx
+
+        path = os.path.join(tempfile.mkdtemp(), "labels.idx")
+        with open(path, "wb") as fh:  # type 0x08 (uint8), 1 dimension of 3
+            fh.write(bytes([0, 0, 8, 1]) + struct.pack(">I", 3) + bytes([7, 1, 4]))
+        assert read_idx(path).tolist() == [7, 1, 4]
+        ```
     """
     path = Path(path)
     if not path.is_file():

@@ -41,6 +41,14 @@ class StatePolicy(str, enum.Enum):
 
     A `str` enum: `StatePolicy.FREEZE == "freeze"` holds, and every function that
     takes a policy accepts the plain string too.
+
+    Example:
+        ```python
+        from statefulnlp.traits import StatePolicy
+
+        assert StatePolicy.parse("Freeze") is StatePolicy.FREEZE == "freeze"
+        print(StatePolicy.FREEZE.description)
+        ```
     """
 
     PROPAGATE = "propagate"
@@ -94,6 +102,15 @@ class SolverTraits:
             compares or combines it with another one.
         uses_hprod: True if the solver calls Hessian-vector products (so a quasi-Newton
             model such as `LSR1Model` changes what it does).
+
+    Example:
+        ```python
+        import statefulnlp as snlp
+
+        t = snlp.traits.of("trunk")
+        assert (t.name, t.one_step_safe, t.uses_hprod) == ("trunk", False, True)
+        assert t.allows("reject") and not t.allows("propagate")
+        ```
     """
 
     name: str
@@ -181,7 +198,16 @@ def register(
 
 
 def registered() -> dict[str, SolverTraits]:
-    """Every known solver: registry name -> `SolverTraits`."""
+    """Every known solver: registry name -> `SolverTraits`.
+
+    Example:
+        ```python
+        import statefulnlp as snlp
+
+        for name, t in snlp.traits.registered().items():
+            print(name, t.kind, t.default_policy.value)
+        ```
+    """
     _ensure_builtin()
     return {name: traits for name, (_, traits) in _REGISTRY.items()}
 
@@ -198,6 +224,15 @@ def of(solver: Any) -> SolverTraits:
     An instance is asked first (`solver.traits()`), because traits may depend on
     its configuration: `Optax(optax.adam(1e-3))` is one-step safe,
     `Optax(optax.lbfgs())` is not.
+
+    Example:
+        ```python
+        import optax
+        import statefulnlp as snlp
+
+        assert not snlp.traits.of("lbfgs").one_step_safe
+        assert snlp.traits.of(snlp.solvers.Optax(optax.sgd(0.1))).one_step_safe
+        ```
     """
     _ensure_builtin()
     if isinstance(solver, str):
@@ -238,6 +273,14 @@ def resolve_policy(traits: SolverTraits, policy: Any) -> StatePolicy:
 
     Raises `IncompatibleStatePolicyError` for `propagate` with a multi-evaluation
     solver, naming the solver, why, and what to use instead.
+
+    Example:
+        ```python
+        import statefulnlp as snlp
+
+        policy = snlp.traits.resolve_policy(snlp.traits.of("r2"), None)
+        assert policy == "freeze"
+        ```
     """
     if policy is None:
         return traits.default_policy

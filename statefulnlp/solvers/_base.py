@@ -29,6 +29,14 @@ class Step(eqx.Module):
         evaluation: for multi-evaluation solvers, the `Evaluation` at `x` under the
             iteration's frozen function f_k (the driver takes the next state from it);
             None for one-step solvers, whose only evaluation is the one at x_k.
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        from statefulnlp.solvers import Step
+
+        step = Step(x=jnp.zeros(2), accepted=jnp.asarray(True), evaluation=None)
+        ```
     """
 
     x: Float[Array, " n"]
@@ -48,6 +56,30 @@ class AbstractSolver(eqx.Module, Generic[SolverState]):
     `provides_evaluation`, and are registered with `statefulnlp.traits.register`.
     Configuration fields must be hashable Python values (the solver is a static
     argument of the compiled loop).
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        import statefulnlp as snlp
+        from statefulnlp.solvers import AbstractSolver, Step
+
+        class Momentum(AbstractSolver):
+            # Heavy-ball gradient descent: one evaluation per iteration.
+
+            lr: float = 0.1
+            beta: float = 0.9
+
+            def init(self, point):
+                return jnp.zeros_like(point.x)
+
+            def step(self, oracle, point, velocity):
+                velocity = self.beta * velocity - self.lr * point.g
+                return Step(point.x + velocity, jnp.asarray(True), None), velocity, oracle
+
+        snlp.traits.register(Momentum, one_step_safe=True)
+        nlp = snlp.StatefulNLPModel(lambda x, s, b: (jnp.sum(x ** 2), s), jnp.ones(3))
+        assert snlp.solve(nlp, Momentum(), max_iter=500).status == "first_order"
+        ```
     """
 
     #: True if `step` returns the Evaluation at the new iterate (multi-evaluation

@@ -225,7 +225,9 @@ def solve(
             `IncompatibleStatePolicyError` before any evaluation.
         callback: `callback(nlp, solver, stats)` after every iteration; it may call
             `nlp.next_batch()`; returning True stops with status `user`.
-        atol, rtol: stop when ‖∇f(x)‖ ≤ atol + rtol·‖∇f(x0)‖ (defaults: sqrt(eps)).
+        atol: absolute tolerance: stop when ‖∇f(x)‖ ≤ atol + rtol·‖∇f(x0)‖
+            (default: sqrt(eps) of the dtype).
+        rtol: relative tolerance of the same test (default: sqrt(eps) of the dtype).
         max_iter: iteration limit (over the whole run when resuming).
         max_eval: limit on objective evaluations (`nlp.counters.obj` during the solve).
         max_time: time limit in seconds.

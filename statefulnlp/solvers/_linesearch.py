@@ -28,6 +28,14 @@ class LineSearchResult(eqx.Module):
         wolfe: True if both strong-Wolfe conditions hold at t.
         decrease: True if the sufficient-decrease (Armijo) condition holds at t > 0.
         trials: number of trial evaluations made.
+
+    Example:
+        ```python
+        from statefulnlp.solvers import LineSearchResult
+
+        # Returned by StrongWolfe().search(oracle, point, direction, step0) inside a solver.
+        assert "step_size" in LineSearchResult.__annotations__
+        ```
     """
 
     step_size: Float[Array, ""]

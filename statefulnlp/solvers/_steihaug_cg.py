@@ -22,7 +22,15 @@ __all__ = ["CGResult", "CGStatus", "SteihaugCG"]
 
 
 class CGStatus(enum.IntEnum):
-    """Why the truncated CG stopped."""
+    """Why the truncated CG stopped.
+
+    Example:
+        ```python
+        from statefulnlp.solvers import CGStatus
+
+        assert CGStatus(1) is CGStatus.BOUNDARY
+        ```
+    """
 
     CONVERGED = 0
     BOUNDARY = 1
@@ -39,6 +47,14 @@ class CGResult(eqx.Module):
         curvature: s'Hs.
         iterations: CG iterations made (= Hessian-vector products).
         status: a `CGStatus` code.
+
+    Example:
+        ```python
+        from statefulnlp.solvers import CGResult
+
+        # Returned by SteihaugCG().solve(oracle, x, g, radius, tol) inside a solver.
+        assert set(CGResult.__annotations__) == {"step", "curvature", "iterations", "status"}
+        ```
     """
 
     step: Float[Array, " n"]
@@ -72,6 +88,13 @@ class SteihaugCG(eqx.Module):
 
     Attributes:
         max_iter: maximum CG iterations; None means n (the number of variables).
+
+    Example:
+        ```python
+        import statefulnlp as snlp
+
+        trunk = snlp.solvers.Trunk(cg=snlp.solvers.SteihaugCG(max_iter=20))  # cap the CG work
+        ```
     """
 
     max_iter: int | None = None
