@@ -82,25 +82,25 @@ def run_optax(f, x0):
     @jax.jit
     def solve(x):
         def cond(c):
-            _, s, k = c
+            _, s, k, _ = c
             g = optax.tree.get(s, "grad")
             return (k == 0) | ((optax.tree.norm(g) > GTOL) & (k < 100_000))
 
         def body(c):
-            x, s, k = c
+            x, s, k, evals = c
             v, g = value_and_grad(x, state=s)
             u, s = opt.update(g, s, x, value=v, grad=g, value_fn=f)
-            return optax.apply_updates(x, u), s, k + 1
+            # Each zoom line-search step evaluates f and its gradient once.
+            evals = evals + optax.tree.get(s, "num_linesearch_steps")
+            return optax.apply_updates(x, u), s, k + 1, evals
 
-        x, s, k = jax.lax.while_loop(cond, body, (x, opt.init(x), 0))
-        evals = (
-            k + optax.tree.get(s, "num_linesearch_steps") * 0
-        )  # per-iteration steps not accumulated
+        init = (x, opt.init(x), 0, 1)  # the first value_and_grad at x0
+        x, _, k, evals = jax.lax.while_loop(cond, body, init)
         return x, k, evals
 
     def run():
-        x, k, _e = solve(x0)
-        return x, int(k), None
+        x, k, evals = solve(x0)
+        return x, int(k), int(evals)
 
     return run
 

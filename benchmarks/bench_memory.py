@@ -70,8 +70,9 @@ def hvp_vs_grad() -> dict:
     state = (bn_state, jax.random.key(1))
     nlp = snlp.EquinoxNLPModel(model, state, loss, batch)
     x, v = nlp.x0, jnp.ones(nlp.nvar)
-    grad = analysis(nlp._jit_objgrad.lower(x, state, batch, None).compile())
-    hvp = analysis(nlp._jit_hprod.lower(x, v, state, batch, None).compile())
+    consts = nlp._consts
+    grad = analysis(nlp._jit_objgrad.lower(x, state, batch, consts).compile())
+    hvp = analysis(nlp._jit_hprod.lower(x, v, state, batch, consts).compile())
     return {
         "nvar": nlp.nvar,
         "objgrad temp (MiB)": mib(grad["temp"]),

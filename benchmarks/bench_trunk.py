@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 
 import jax
 
@@ -72,11 +73,11 @@ def run_optimistix_tr(f, x0):
     class TrustBFGS(optx.AbstractBFGS):
         rtol: float
         atol: float
-        norm = optx.max_norm
-        use_inverse = False
-        descent = optx.DoglegDescent()
-        search = optx.ClassicalTrustRegion()
-        verbose = frozenset()
+        norm: Callable = optx.max_norm
+        use_inverse: bool = False
+        descent: optx.DoglegDescent = optx.DoglegDescent()
+        search: optx.ClassicalTrustRegion = optx.ClassicalTrustRegion()
+        verbose: frozenset = frozenset()
 
     solver = TrustBFGS(rtol=1e-14, atol=1e-14)
 

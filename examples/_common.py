@@ -106,3 +106,23 @@ def solver_for(name: str, nlp):
 
 
 SOLVER_CHOICES = ("lbfgs", "r2", "trunk", "adam")
+
+
+def train(name: str, nlp, iters: int) -> tuple[Progress, float]:
+    """Train `nlp` with the solver `name`, a new minibatch every iteration.
+
+    Prints progress and a summary; returns the recorded curves and the test accuracy.
+    """
+    problem, solver = solver_for(name, nlp)
+    progress = Progress(name, eval_every=max(iters // 4, 1), log_every=max(iters // 16, 1))
+    policy = snlp.traits.of(solver).default_policy
+    print(f"[{name}] {nlp.nvar} variables, state policy {policy.value}, {iters} iterations")
+    t0 = time.perf_counter()
+    stats = snlp.solve(problem, solver, callback=progress, max_iter=iters, atol=0.0, rtol=0.0)
+    accuracy = nlp.accuracy(stats.solution, stats.state)
+    print(
+        f"[{name}] {stats.status.value}: {stats.iter} iterations in "
+        f"{time.perf_counter() - t0:.1f}s, {stats.counters['obj']} evaluations; "
+        f"test accuracy {100 * accuracy:.2f}%"
+    )
+    return progress, accuracy

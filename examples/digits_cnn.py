@@ -14,12 +14,11 @@ and the L-BFGS curvature pairs are formed on one batch.
 from __future__ import annotations
 
 import os
-import time
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from _common import SOLVER_CHOICES, Progress, parser, plot_curves, solver_for
+from _common import SOLVER_CHOICES, parser, plot_curves, train
 
 import statefulnlp as snlp
 from statefulnlp.datasets import digits_split
@@ -94,22 +93,6 @@ def make_problem(batch_size: int, seed: int) -> snlp.EquinoxNLPModel:
     )
 
 
-def train(name: str, iters: int, batch_size: int, seed: int, quick: bool) -> tuple[Progress, float]:
-    nlp = make_problem(batch_size, seed)
-    problem, solver = solver_for(name, nlp)
-    progress = Progress(name, eval_every=max(iters // 4, 1), log_every=max(iters // 16, 1))
-    policy = snlp.traits.of(solver).default_policy
-    print(f"[{name}] {nlp.nvar} variables, state policy {policy.value}, {iters} iterations")
-    t0 = time.perf_counter()
-    stats = snlp.solve(problem, solver, callback=progress, max_iter=iters, atol=0.0, rtol=0.0)
-    accuracy = nlp.accuracy(stats.solution, stats.state)
-    print(
-        f"[{name}] {stats.status.value}: {stats.iter} iterations in {time.perf_counter() - t0:.1f}s, "
-        f"{stats.counters['obj']} evaluations; test accuracy {100 * accuracy:.2f}%"
-    )
-    return progress, accuracy
-
-
 def main(argv=None) -> dict[str, float]:
     p = parser(__doc__.splitlines()[0], iters=400)
     p.add_argument("--solver", choices=SOLVER_CHOICES, default="lbfgs")
@@ -119,7 +102,7 @@ def main(argv=None) -> dict[str, float]:
     names = list(SOLVER_CHOICES) if args.compare else [args.solver]
     runs, accuracies = {}, {}
     for name in names:
-        runs[name], accuracies[name] = train(name, iters, args.batch_size, args.seed, args.quick)
+        runs[name], accuracies[name] = train(name, make_problem(args.batch_size, args.seed), iters)
     tag = "compare" if args.compare else args.solver
     plot_curves(runs, os.path.join(args.out, f"digits_cnn_{tag}.png"), "LeNet on 8x8 digits")
     return accuracies

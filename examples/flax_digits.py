@@ -12,11 +12,10 @@ policies apply: L-BFGS under `freeze`, Adam under `propagate`.
 from __future__ import annotations
 
 import os
-import time
 
 import jax
 import jax.numpy as jnp
-from _common import SOLVER_CHOICES, Progress, parser, plot_curves, solver_for
+from _common import SOLVER_CHOICES, parser, plot_curves, train
 from flax import nnx
 
 import statefulnlp as snlp
@@ -64,15 +63,7 @@ def main(argv=None) -> dict[str, float]:
         test_data=(X_test, y_test),
         predict=predict,
     )
-    problem, solver = solver_for(args.solver, nlp)
-    progress = Progress(args.solver, eval_every=max(iters // 4, 1), log_every=max(iters // 16, 1))
-    t0 = time.perf_counter()
-    stats = snlp.solve(problem, solver, callback=progress, max_iter=iters, atol=0.0, rtol=0.0)
-    accuracy = nlp.accuracy(stats.solution, stats.state)
-    print(
-        f"[{args.solver}] policy {stats.state_policy.value}: {stats.iter} iterations in "
-        f"{time.perf_counter() - t0:.1f}s; test accuracy {100 * accuracy:.2f}%"
-    )
+    progress, accuracy = train(args.solver, nlp, iters)
     plot_curves(
         {args.solver: progress},
         os.path.join(args.out, f"flax_digits_{args.solver}.png"),

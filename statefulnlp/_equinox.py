@@ -11,7 +11,7 @@ import jax
 from jaxtyping import Array, Float
 
 from ._errors import InvalidArgumentError, InvalidTypeError
-from ._metrics import accuracy_over, count_hits
+from ._metrics import accuracy_over, count_hits, evaluation_data
 from ._problem import StatefulNLPModel, _as_vector
 from ._tree import PyTree, to_jax_tree
 
@@ -151,14 +151,12 @@ class EquinoxNLPModel(StatefulNLPModel):
         inference mode (`eqx.nn.inference_mode`), in fixed-size chunks so that a
         large test set compiles once and fits in memory.
         """
-        if self._predict is None:
-            raise InvalidArgumentError(
-                "predict: accuracy needs EquinoxNLPModel(..., predict=fn) with "
-                "fn(model, state, inputs) -> logits"
-            )
-        data = self._test_data if data is None else data
-        if data is None:
-            raise InvalidArgumentError("data: no data given and the model has no test_data")
+        data = evaluation_data(
+            self._predict,
+            "EquinoxNLPModel(..., predict=fn) with fn(model, state, inputs) -> logits",
+            data,
+            self._test_data,
+        )
         state = self.state0 if state is None else state
         if self._jit_correct is None:
             self._jit_correct = jax.jit(functools.partial(_count_correct, self._predict))

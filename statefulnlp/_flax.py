@@ -19,7 +19,7 @@ except ImportError as err:  # pragma: no cover - exercised only without flax
 from jaxtyping import Array, Float
 
 from ._errors import InvalidArgumentError, InvalidTypeError
-from ._metrics import accuracy_over, count_hits
+from ._metrics import accuracy_over, count_hits, evaluation_data
 from ._problem import StatefulNLPModel, _as_vector
 from ._tree import PyTree
 
@@ -142,13 +142,12 @@ class FlaxNLPModel(StatefulNLPModel):
         The module runs in evaluation mode (running BatchNorm statistics, no dropout).
         `data` defaults to `test_data`; see `EquinoxNLPModel.accuracy` for its forms.
         """
-        if self._predict is None:
-            raise InvalidArgumentError(
-                "predict: accuracy needs FlaxNLPModel(..., predict=fn) with fn(model, inputs) -> logits"
-            )
-        data = self._test_data if data is None else data
-        if data is None:
-            raise InvalidArgumentError("data: no data given and the model has no test_data")
+        data = evaluation_data(
+            self._predict,
+            "FlaxNLPModel(..., predict=fn) with fn(model, inputs) -> logits",
+            data,
+            self._test_data,
+        )
         state = self.state0 if state is None else state
         if self._jit_correct is None:
             self._jit_correct = jax.jit(

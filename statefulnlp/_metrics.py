@@ -12,7 +12,7 @@ import numpy as np
 from ._data import DataLoader
 from ._errors import InvalidArgumentError, InvalidTypeError
 
-__all__ = ["accuracy_over", "count_hits"]
+__all__ = ["accuracy_over", "count_hits", "evaluation_data"]
 
 
 def count_hits(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
@@ -20,6 +20,16 @@ def count_hits(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Arr
     if labels.ndim == 2:
         labels = jnp.argmax(labels, axis=-1)
     return jnp.sum((jnp.argmax(logits, axis=-1) == labels) & mask)
+
+
+def evaluation_data(predict: Any, signature: str, data: Any, test_data: Any) -> Any:
+    """The data `accuracy` runs on, with clear errors when something is missing."""
+    if predict is None:
+        raise InvalidArgumentError(f"predict: accuracy needs {signature} at construction")
+    data = test_data if data is None else data
+    if data is None:
+        raise InvalidArgumentError("data: no data given and the model has no test_data")
+    return data
 
 
 def accuracy_over(data: Any, chunk: int, count: Callable[[Any, Any, Any], Any]) -> float:

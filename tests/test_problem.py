@@ -232,14 +232,3 @@ def test_bad_calls_are_clear_errors():
         nlp.grad(nlp.x0, jnp.zeros(3))
     with pytest.raises(snlp.InvalidTypeError, match="x: expected an array"):
         nlp.obj(object(), nlp.state0)
-
-
-def test_user_exceptions_pass_through_unchanged():
-    class MyError(Exception):
-        pass
-
-    def fn(x, state, batch):
-        raise MyError("from the user")
-
-    with pytest.raises(MyError, match="from the user"):
-        snlp.StatefulNLPModel(fn, jnp.ones(2))

@@ -89,6 +89,17 @@ class Program(eqx.Module):
             toplevel=toplevel,
         )
 
+    # The carry keeps the state returned with `point` only for one-step solvers (it
+    # is their s_{k+1}); multi-evaluation solvers take the next state from their own
+    # evaluation, so the carried point drops it (fewer leaves to move per call).
+    def store(self, point: Evaluation) -> Evaluation:
+        """`point` as kept in the carry."""
+        return point if self.one_step else dataclasses.replace(point, state=None)
+
+    def full(self, point: Evaluation, state: PyTree) -> Evaluation:
+        """A carried point with a state again (`state` stands in when it was dropped)."""
+        return point if self.one_step else dataclasses.replace(point, state=state)
+
 
 class Carry(eqx.Module):
     """The loop state. Saved whole in checkpoints."""
@@ -99,9 +110,11 @@ class Carry(eqx.Module):
     fresh: Bool[Array, ""]
     evaluated: Bool[Array, ""]
     initialized: Bool[Array, ""]  # x0 evaluated and the solver initialized
-    prev_x: Float[Array, " n"]  # the iterate before the last step (fallback on NaN)
+    # The iterate before the last step, for the NaN fallback of one-step solvers (whose
+    # new iterate has no evaluation yet); None for multi-evaluation solvers.
+    prev_x: Float[Array, " n"] | None
     prev_state: PyTree
-    prev_point: Evaluation
+    prev_point: Evaluation | None
     solver_state: PyTree
     memory: PyTree  # quasi-Newton pairs of LBFGSModel/LSR1Model problems, else None
     iter: Int[Array, ""]
@@ -113,6 +126,10 @@ class Carry(eqx.Module):
     rtol: Float[Array, ""]
     tol: Float[Array, ""]  # atol + rtol·‖g0‖
     fmin: Float[Array, ""]  # below this f the problem is declared unbounded
+
+
+def _stateless(point: Evaluation) -> Evaluation:
+    return dataclasses.replace(point, state=None)
 
 
 def _finite(point: Evaluation) -> Bool[Array, ""]:
@@ -127,16 +144,17 @@ def initial_carry(program: Program, x0, state0, tolerances, memory) -> Carry:
     zero = jnp.zeros((), jnp.int32)
     no = jnp.asarray(False)
     atol, rtol = tolerances
+    one_step = program.one_step
     return Carry(
         x=x0,
         state=state0,
-        point=placeholder,
+        point=program.store(placeholder),
         fresh=no,
         evaluated=no,
         initialized=no,
-        prev_x=x0,
-        prev_state=state0,
-        prev_point=placeholder,
+        prev_x=x0 if one_step else None,
+        prev_state=state0 if one_step else None,
+        prev_point=_stateless(placeholder) if one_step else None,
         solver_state=program.solver.init(placeholder),  # its structure; set after x0's evaluation
         memory=memory,
         iter=zero,
@@ -155,23 +173,24 @@ def _start(program: Program, c: Carry) -> Carry:
     """After the first evaluation: the stopping threshold and the solver's memory."""
     dtype = c.x.dtype
     eps = jnp.finfo(dtype).eps
-    return dataclasses.replace(
+    c = dataclasses.replace(
         c,
         tol=(c.atol + c.rtol * safe_norm(c.point.g)).astype(dtype),
         fmin=(jnp.minimum(-1.0, c.point.f) / eps).astype(dtype),
-        solver_state=program.solver.init(c.point),
-        prev_x=c.x,
-        prev_state=c.state,
-        prev_point=c.point,
+        solver_state=program.solver.init(program.full(c.point, c.state)),
         initialized=jnp.asarray(True),
     )
+    if program.one_step:
+        c = dataclasses.replace(c, prev_x=c.x, prev_state=c.state, prev_point=_stateless(c.point))
+    return c
 
 
 def _step(program: Program, batch, consts, c: Carry, toplevel: bool = False) -> Carry:
     """One solver step from a fresh, finite evaluation at x_k."""
     solver = program.solver
     oracle = program.oracle(c.state, batch, consts, c.tally, c.memory, toplevel)
-    step, solver_state, oracle = solver.step(oracle, c.point, c.solver_state)
+    point = program.full(c.point, c.state)
+    step, solver_state, oracle = solver.step(oracle, point, c.solver_state)
     tally = oracle.tally
     status = jnp.asarray(CONTINUE, jnp.int32)
     memory = c.memory
@@ -200,7 +219,7 @@ def _step(program: Program, batch, consts, c: Carry, toplevel: bool = False) -> 
         accepted = step.accepted & ~bad
         status = jnp.where(bad, Status.EXCEPTION.code, status)
         state_next = tree_select(accepted, ev.state, c.state)
-        point_next = tree_select(accepted, ev, c.point)
+        point_next = program.store(tree_select(accepted, ev, point))
         x_next = point_next.x
         fresh = ~accepted | ~jnp.any(changed_mask(state_next, c.state))
         evaluated = jnp.asarray(True)
@@ -215,9 +234,9 @@ def _step(program: Program, batch, consts, c: Carry, toplevel: bool = False) -> 
         point=point_next,
         fresh=fresh,
         evaluated=evaluated,
-        prev_x=c.x,
-        prev_state=c.state,
-        prev_point=c.point,
+        prev_x=c.x if program.one_step else None,
+        prev_state=c.state if program.one_step else None,
+        prev_point=_stateless(c.point) if program.one_step else None,
         solver_state=solver_state,
         memory=memory,
         iter=c.iter + 1,
@@ -232,7 +251,9 @@ def _reevaluate(program: Program, batch, consts, c: Carry, toplevel: bool = Fals
     oracle = program.oracle(c.state, batch, consts, c.tally, c.memory, toplevel)
     point, oracle = oracle.objgrad(c.x)
     yes = jnp.asarray(True)
-    return dataclasses.replace(c, point=point, tally=oracle.tally, fresh=yes, evaluated=yes)
+    return dataclasses.replace(
+        c, point=program.store(point), tally=oracle.tally, fresh=yes, evaluated=yes
+    )
 
 
 def _settle(program: Program, before: Carry, c: Carry, max_iter) -> tuple[Carry, Bool[Array, ""]]:
@@ -242,17 +263,21 @@ def _settle(program: Program, before: Carry, c: Carry, max_iter) -> tuple[Carry,
     set and whether the loop may step.
     """
     first = ~c.initialized
-    # solver.init is cheap and evaluates nothing: compute it and select, so this
-    # stays straight-line code (no branch) for the top-level iteration.
-    c = tree_select(c.initialized, c, _start(program, c))
+    # solver.init evaluates nothing, so a branch costs nothing here (XLA's slow
+    # nested computations only matter for the objective's convolutions).
+    c = jax.lax.cond(c.initialized, lambda c: c, lambda c: _start(program, c), c)
     finite = _finite(c.point)
     # A non-finite evaluation at x_k stops the solve at the last good point: x_k itself
     # when an earlier, finite evaluation was made there (under the previous state or
     # batch), else the previous iterate (one-step solvers).
-    keep_x = before.evaluated & _finite(before.point)
-    fallback = tree_select(
-        keep_x, (before.x, before.state, before.point), (c.prev_x, c.prev_state, c.prev_point)
-    )
+    fallback = (before.x, before.state, before.point)
+    if program.one_step:
+        assert c.prev_point is not None  # kept for one-step solvers
+        keep_x = before.evaluated & _finite(before.point)
+        # The state returned with the previous point is not kept; the revert makes the
+        # status `exception`, whose final state is `state` (s_k), so s_k stands in.
+        prev_point = dataclasses.replace(c.prev_point, state=c.prev_state)
+        fallback = tree_select(keep_x, fallback, (c.prev_x, c.prev_state, prev_point))
     here = tree_select(finite, (c.x, c.state, c.point), fallback)
     c = dataclasses.replace(c, x=here[0], state=here[1], point=here[2])
     solver_status = program.solver.terminate(c.solver_state)
