@@ -44,6 +44,7 @@ from ._loop import (
     compiled,
     initial_carry,
 )
+from ._loop import info as info_of
 
 __all__ = ["solve"]
 
@@ -429,6 +430,14 @@ class _Solve:
         self._raise_internal(info, carry)
         return carry, info
 
+    def _where(self, carry: Carry) -> dict[str, Any]:
+        """The host's view of a carry before the first call."""
+        if self.opts.resume is not None:
+            return _read(info_of(self.program, carry))  # eager: once per resumed solve
+        ints = dict.fromkeys(INT_FIELDS, 0)
+        ints.update(status=CONTINUE)
+        return _read((np.asarray(list(ints.values())), np.full(len(FLOAT_FIELDS), np.nan)))
+
     def _pending_batch_change(self) -> bool:
         return self.batch_changed or self.nlp._batch_version != self.version
 
@@ -441,7 +450,7 @@ class _Solve:
             np.int32(min(opts.max_iter, INT_MAX)),
             np.int32(INT_MAX if opts.max_eval is None else min(opts.max_eval, INT_MAX)),
         )
-        info = _read(self.compiled.info(carry))  # where the carry stands (a resumed run)
+        info = self._where(carry)
         log = None
         if opts.verbose:
             shapes = jax.eval_shape(lambda c: program.solver.diagnostics(c.solver_state), carry)

@@ -399,7 +399,6 @@ class Compiled:
         self.initial = jax.jit(functools.partial(initial_carry, program))
         self.run = jax.jit(functools.partial(run, program))
         self.final = jax.jit(functools.partial(final_evaluation, program))
-        self.info = jax.jit(functools.partial(info, program))
         # One straight-line iteration, keyed by (evaluate x_k first, step).
         self.once = {
             (reeval, step): jax.jit(functools.partial(iterate_once, program, reeval, step))
