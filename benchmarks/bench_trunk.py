@@ -70,6 +70,9 @@ def run_scipy(f, x0):
 def run_optimistix_tr(f, x0):
     import optimistix as optx
 
+    def optx_verbose(**kwargs):  # optimistix calls verbose(...) each step; stay quiet
+        del kwargs
+
     class TrustBFGS(optx.AbstractBFGS):
         rtol: float
         atol: float
@@ -77,7 +80,7 @@ def run_optimistix_tr(f, x0):
         use_inverse: bool = False
         descent: optx.DoglegDescent = optx.DoglegDescent()
         search: optx.ClassicalTrustRegion = optx.ClassicalTrustRegion()
-        verbose: frozenset = frozenset()
+        verbose: Callable = optx_verbose
 
     solver = TrustBFGS(rtol=1e-14, atol=1e-14)
 

@@ -7,6 +7,7 @@ every recursion is a plain `lax.scan`; `count` says how many rows are valid.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import equinox as eqx
@@ -28,45 +29,65 @@ def _check_mem(mem: Any) -> int:
 
 
 class PairMemory(eqx.Module):
-    """The last `m` curvature pairs (s_i, y_i), oldest first.
+    """The last `m` curvature pairs (s_i, y_i) in a ring buffer (updated in place).
 
     Attributes:
-        S, Y: `(m, n)` arrays; rows `m - count .. m - 1` are valid.
-        count: number of valid pairs.
+        S, Y: `(m, n)` storage; slot `order[j]` holds the j-th oldest pair.
+        sy: `(m,)` the products s_i'y_i, slot by slot.
+        count: number of valid pairs (the newest `count` ones).
+        head: the slot the next pair is written to.
     """
 
     S: Float[Array, "m n"]
     Y: Float[Array, "m n"]
+    sy: Float[Array, " m"]
     count: Int[Array, ""]
+    head: Int[Array, ""]
 
     @classmethod
     def empty(cls, mem: int, n: int, dtype: Any) -> PairMemory:
         z = jnp.zeros((mem, n), dtype)
-        return cls(z, z, jnp.zeros((), jnp.int32))
+        zero = jnp.zeros((), jnp.int32)
+        return cls(z, z, jnp.zeros((mem,), dtype), zero, zero)
 
     @property
     def mem(self) -> int:
         return self.S.shape[0]
 
     @property
+    def order(self) -> Int[Array, " m"]:
+        """Storage slots from the oldest to the newest."""
+        return (self.head + jnp.arange(self.mem)) % self.mem
+
+    @property
     def valid(self) -> Bool[Array, " m"]:
+        """Which entries of `order` hold a pair (the last `count`)."""
         return jnp.arange(self.mem) >= self.mem - self.count
+
+    def chronological(self) -> tuple[Float[Array, "m n"], Float[Array, "m n"]]:
+        """`(S, Y)` with rows from the oldest to the newest (for inspection)."""
+        return self.S[self.order], self.Y[self.order]
 
     def push(
         self, s: Float[Array, " n"], y: Float[Array, " n"], keep: Bool[Array, ""]
     ) -> PairMemory:
-        """Append (s, y) as the newest pair (dropping the oldest) when `keep` is True."""
-        S = jnp.where(keep, jnp.concatenate([self.S[1:], s[None]]), self.S)
-        Y = jnp.where(keep, jnp.concatenate([self.Y[1:], y[None]]), self.Y)
+        """Store (s, y) as the newest pair, over the oldest one, when `keep` is True."""
+        i = self.head
+        S = self.S.at[i].set(jnp.where(keep, s, self.S[i]))
+        Y = self.Y.at[i].set(jnp.where(keep, y, self.Y[i]))
+        sy = self.sy.at[i].set(jnp.where(keep, jnp.vdot(s, y), self.sy[i]))
         count = jnp.where(keep, jnp.minimum(self.count + 1, self.mem), self.count)
-        return PairMemory(S, Y, count)
+        head = jnp.where(keep, (i + 1) % self.mem, i)
+        return PairMemory(S, Y, sy, count.astype(jnp.int32), head.astype(jnp.int32))
 
     def cleared(self) -> PairMemory:
-        return PairMemory(self.S, self.Y, jnp.zeros_like(self.count))
+        """The same storage with no valid pair."""
+        return dataclasses.replace(self, count=jnp.zeros_like(self.count))
 
     def newest_scaling(self) -> Float[Array, ""]:
         """y'y / s'y of the newest pair (1 when empty): the scaling of B_0 = γ I."""
-        s, y = self.S[-1], self.Y[-1]
+        i = (self.head - 1) % self.mem
+        s, y = self.S[i], self.Y[i]
         sy = jnp.vdot(s, y)
         yy = jnp.vdot(y, y)
         ok = (self.count > 0) & (sy > 0) & (yy > 0)
@@ -76,26 +97,28 @@ class PairMemory(eqx.Module):
 def two_loop(memory: PairMemory, g: Float[Array, " n"]) -> Float[Array, " n"]:
     """H g for the L-BFGS inverse-Hessian approximation (Nocedal & Wright, Alg. 7.4).
 
-    H_0 = (s'y / y'y) I from the newest pair; invalid rows are skipped.
+    H_0 = (s'y / y'y) I from the newest pair; invalid entries are skipped.
     """
-    valid = memory.valid
-    sy = jnp.einsum("mn,mn->m", memory.S, memory.Y)
-    rho = jnp.where(valid & (sy != 0), 1.0 / jnp.where(sy != 0, sy, 1.0), 0.0).astype(g.dtype)
+    order = memory.order
+    sy = memory.sy[order]
+    ok = memory.valid & (sy != 0)
+    rho = jnp.where(ok, 1.0 / jnp.where(ok, sy, 1.0), 0.0).astype(g.dtype)
 
-    def backward(q, row):
-        s, y, r = row
-        a = r * jnp.vdot(s, q)
-        return q - a * y, a
+    def backward(q, j):
+        i = order[j]
+        a = rho[j] * jnp.vdot(memory.S[i], q)
+        return q - a * memory.Y[i], a
 
-    q, alphas = jax.lax.scan(backward, g, (memory.S, memory.Y, rho), reverse=True)
+    steps = jnp.arange(memory.mem)
+    q, alphas = jax.lax.scan(backward, g, steps, reverse=True)
     r = q / memory.newest_scaling()
 
-    def forward(r, row):
-        s, y, rh, a = row
-        b = rh * jnp.vdot(y, r)
-        return r + (a - b) * s, None
+    def forward(r, j):
+        i = order[j]
+        b = rho[j] * jnp.vdot(memory.Y[i], r)
+        return r + (alphas[j] - b) * memory.S[i], None
 
-    r, _ = jax.lax.scan(forward, r, (memory.S, memory.Y, rho, alphas))
+    r, _ = jax.lax.scan(forward, r, steps)
     return r
 
 
@@ -148,9 +171,11 @@ class BFGSOperator(_DirectOperator):
         m, n = pairs.S.shape
         valid = pairs.valid
 
+        order = pairs.order
+
         def row(carry, i):
             A, ca, Bm, cb = carry
-            s_i, y_i = pairs.S[i], pairs.Y[i]
+            s_i, y_i = pairs.S[order[i]], pairs.Y[order[i]]
             bs = self._partial_apply(gamma, A, ca, Bm, cb, s_i)
             sbs = jnp.vdot(s_i, bs)
             syi = jnp.vdot(s_i, y_i)
@@ -178,9 +203,11 @@ class SR1Operator(_DirectOperator):
         valid = pairs.valid
         r = jnp.sqrt(jnp.finfo(s.dtype).eps)
 
+        order = pairs.order
+
         def row(carry, i):
             U, c = carry
-            s_i, y_i = pairs.S[i], pairs.Y[i]
+            s_i, y_i = pairs.S[order[i]], pairs.Y[order[i]]
             u = y_i - (gamma * s_i + U.T @ (c * (U @ s_i)))
             d = jnp.vdot(u, s_i)
             ok = valid[i] & (jnp.abs(d) > r * jnp.linalg.norm(s_i) * jnp.linalg.norm(u))

@@ -273,7 +273,8 @@ def test_multi_batch_lbfgs_pairs_come_from_one_batch():
     memory = stats.solver_state.memory
     valid = np.asarray(memory.valid)
     assert valid.sum() >= 3
-    for s, y in zip(np.asarray(memory.S)[valid], np.asarray(memory.Y)[valid]):
+    S, Y = (np.asarray(a) for a in memory.chronological())
+    for s, y in zip(S[valid], Y[valid]):
         errors = [np.linalg.norm(A @ s - y) / np.linalg.norm(y) for A in mats]
         assert min(errors) < 1e-4, errors
 

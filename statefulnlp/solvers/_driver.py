@@ -434,9 +434,8 @@ class _Solve:
         """The host's view of a carry before the first call."""
         if self.opts.resume is not None:
             return _read(info_of(self.program, carry))  # eager: once per resumed solve
-        ints = dict.fromkeys(INT_FIELDS, 0)
-        ints.update(status=CONTINUE)
-        return _read((np.asarray(list(ints.values())), np.full(len(FLOAT_FIELDS), np.nan)))
+        ints = [CONTINUE if k == "status" else 0 for k in INT_FIELDS]
+        return _read((np.asarray(ints), np.full(len(FLOAT_FIELDS), np.nan)))
 
     def _pending_batch_change(self) -> bool:
         return self.batch_changed or self.nlp._batch_version != self.version

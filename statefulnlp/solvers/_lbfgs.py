@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
@@ -88,7 +90,7 @@ class LBFGS(AbstractSolver[LBFGSState]):
         d = -two_loop(memory, g)
         slope = jnp.vdot(g, d)
         descent = jnp.isfinite(slope) & (slope < 0)
-        memory = PairMemory(memory.S, memory.Y, jnp.where(descent, memory.count, 0))
+        memory = dataclasses.replace(memory, count=jnp.where(descent, memory.count, 0))
         d = jnp.where(descent, d, -g)
         empty = memory.count == 0
         gnorm = safe_norm(g)
@@ -105,7 +107,7 @@ class LBFGS(AbstractSolver[LBFGSState]):
         memory = memory.push(s, y, keep)
         # No decrease: forget the pairs and retry from steepest descent; if the
         # memory was already empty there is nothing left to try.
-        memory = PairMemory(memory.S, memory.Y, jnp.where(accepted, memory.count, 0))
+        memory = dataclasses.replace(memory, count=jnp.where(accepted, memory.count, 0))
         moved = jnp.any(new.x != point.x)
         status = jnp.where(
             accepted & ~moved,
