@@ -67,6 +67,36 @@ def main() -> None:
     assert r.solution.sharding.is_fully_replicated and len(r.solution.sharding.device_set) == 4
     assert r.status in ("first_order", "max_iter")
 
+    # A Flax NNX model with BatchNorm shares the mesh support.
+    try:
+        from flax import nnx
+    except ImportError:
+        nnx = None
+    if nnx is not None:
+
+        class Net(nnx.Module):
+            def __init__(self, rngs):
+                self.l1 = nnx.Linear(64, 16, rngs=rngs)
+                self.bn = nnx.BatchNorm(16, rngs=rngs)
+                self.l2 = nnx.Linear(16, 10, rngs=rngs)
+
+            def __call__(self, x):
+                return self.l2(jax.nn.relu(self.bn(self.l1(x))))
+
+        def ce(model, batch):
+            X, y = batch
+            return -jnp.mean(jax.nn.log_softmax(model(X))[jnp.arange(y.shape[0]), y])
+
+        flax_single = snlp.FlaxNLPModel(Net(nnx.Rngs(0)), ce, (X[:64], y[:64]))
+        flax_mesh = snlp.FlaxNLPModel(Net(nnx.Rngs(0)), ce, (X[:64], y[:64]), mesh=mesh)
+        a = flax_single.objgrad(flax_single.x0)
+        b = flax_mesh.objgrad(flax_mesh.x0)
+        close(a[0], b[0])
+        close(a[1], b[1], rtol=1e-4, atol=1e-6)
+        close(a[2], b[2])  # BatchNorm statistics over the whole batch
+        r = snlp.solve(flax_mesh, "lbfgs", max_iter=10)
+        assert np.isfinite(r.objective) and r.objective < float(b[0])
+
     # Batches that do not divide over the mesh are refused with a clear error.
     try:
         snlp.StatefulNLPModel(
