@@ -168,10 +168,12 @@ class EquinoxNLPModel(StatefulNLPModel):
         return accuracy_over(
             data,
             chunk,
-            lambda inputs, labels, mask: count(static, params, consts, state, inputs, labels, mask),
+            lambda piece: count((static, params, consts), state, piece),
         )
 
 
-def _count_correct(predict, static, params, consts, state, inputs, labels, mask):
+def _count_correct(predict, parts, state, piece):
+    static, params, consts = parts
+    inputs, labels, mask = piece
     model = eqx.combine(params, consts, static.tree())
     return count_hits(predict(model, state, inputs), labels, mask)

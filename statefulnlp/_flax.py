@@ -155,12 +155,11 @@ class FlaxNLPModel(StatefulNLPModel):
             )
         params = self.unflatten(_as_vector(x, "x"))
         count = self._jit_correct
-        return accuracy_over(
-            data, chunk, lambda inputs, labels, mask: count(params, state, inputs, labels, mask)
-        )
+        return accuracy_over(data, chunk, lambda piece: count(params, state, piece))
 
 
-def _count_correct(predict, graphdef, params, state, inputs, labels, mask):
+def _count_correct(predict, graphdef, params, state, piece):
+    inputs, labels, mask = piece
     model = nnx.merge(graphdef, params, state, copy=True)
     model.eval()
     return count_hits(predict(model, inputs), labels, mask)

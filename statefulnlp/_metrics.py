@@ -32,15 +32,15 @@ def evaluation_data(predict: Any, signature: str, data: Any, test_data: Any) -> 
     return data
 
 
-def accuracy_over(data: Any, chunk: int, count: Callable[[Any, Any, Any], Any]) -> float:
-    """Fraction of correct predictions; `count(inputs, labels, mask)` counts one chunk."""
+def accuracy_over(data: Any, chunk: int, count: Callable[[tuple[Any, Any, Any]], Any]) -> float:
+    """Fraction of correct predictions; `count((inputs, labels, mask))` counts one chunk."""
     if not isinstance(chunk, int) or chunk <= 0:
         raise InvalidArgumentError(f"chunk: expected a positive integer, got {chunk!r}")
     correct = 0
     total = 0
-    for inputs, labels, mask in _eval_chunks(data, chunk):
-        correct += int(count(inputs, labels, mask))
-        total += int(np.sum(np.asarray(mask)))
+    for piece in _eval_chunks(data, chunk):
+        correct += int(count(piece))
+        total += int(np.sum(np.asarray(piece[2])))
     if total == 0:
         raise InvalidArgumentError("data: holds no sample")
     return correct / total

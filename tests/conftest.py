@@ -135,11 +135,22 @@ def oracle_factory(fn, n, hessian=None, memory=None):
     """A builder of the frozen oracle of f(x) (no state, no batch), to call inside jit."""
     import statefulnlp as snlp
     from statefulnlp._evaluate import Tally
-    from statefulnlp.solvers._loop import Program
 
     nlp = snlp.StatefulNLPModel(lambda x, s, b: (fn(x), s), jnp.zeros(n))
-    program = Program(nlp._core, snlp.solvers.Trunk(), snlp.StatePolicy.FREEZE, False, hessian)
-    return lambda: program.oracle(None, None, None, Tally.zeros(0), memory)
+
+    def make():
+        return snlp.Oracle(
+            core=nlp._core,
+            state=None,
+            batch=None,
+            consts=None,
+            hessian=hessian,
+            memory=memory,
+            check_mutation=False,
+            tally=Tally.zeros(0),
+        )
+
+    return make
 
 
 def make_mlp(seed=0):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import oracle_factory
 
+import statefulnlp as snlp
 from statefulnlp.solvers import CGStatus, SteihaugCG
 
 
@@ -23,9 +24,8 @@ def _solve(A, g, radius, tol=1e-12, max_iter=None):
 
     @jax.jit
     def run(g):
-        return SteihaugCG(max_iter).solve(
-            make(), jnp.zeros(n, g.dtype), g, jnp.asarray(radius, g.dtype), tol
-        )
+        point = snlp.Evaluation(jnp.zeros(n, g.dtype), jnp.zeros((), g.dtype), g, None)
+        return SteihaugCG(max_iter).solve(make(), point, jnp.asarray(radius, g.dtype), tol)
 
     return run(jnp.asarray(g))
 

@@ -40,6 +40,8 @@ from ._loop import (
     NONFINITE_START,
     TRAIT_VIOLATION,
     Carry,
+    Control,
+    Inputs,
     Program,
     compiled,
     initial_carry,
@@ -170,7 +172,7 @@ class _Log:
         self.columns = columns
         self.header_done = False
 
-    def row(self, info: dict[str, Any], elapsed: float) -> None:
+    def row(self, info: _Info, elapsed: float) -> None:
         if not self.header_done:
             extra = "".join(f"{k:>10}" for k in self.columns)
             print(
@@ -179,22 +181,48 @@ class _Log:
                 flush=True,
             )
             self.header_done = True
-        diag = "".join(f"{v:>10.2e}" for v in info["diag"])
+        diag = "".join(f"{v:>10.2e}" for v in info.diag)
         print(
-            f"{info['iter']:>6d} {info['f']:>13.6e} {info['gnorm']:>10.2e}{diag} {elapsed:>7.2f}s",
+            f"{info.iter:>6d} {info.f:>13.6e} {info.gnorm:>10.2e}{diag} {elapsed:>7.2f}s",
             flush=True,
         )
 
 
-def _read(out: tuple[Any, Any]) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class _Info:
+    """The host's copy of the loop's scalars after a device call."""
+
+    status: int
+    iter: int
+    accepted: int
+    obj: int
+    grad: int
+    hprod: int
+    evaluated: bool
+    stop_after_eval: bool
+    fresh: bool
+    initialized: bool
+    f: float
+    gnorm: float
+    diag: tuple[float, ...]
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return {"obj": self.obj, "grad": self.grad, "hprod": self.hprod}
+
+
+_BOOL_FIELDS = ("evaluated", "stop_after_eval", "fresh", "initialized")
+
+
+def _read(out: tuple[Any, Any]) -> _Info:
     """The host copy of `run`'s info vectors (one transfer)."""
     ints, floats = jax.device_get(out)
-    info: dict[str, Any] = {k: int(v) for k, v in zip(INT_FIELDS, ints)}
-    info.update({k: float(v) for k, v in zip(FLOAT_FIELDS, floats)})
-    info["diag"] = [float(v) for v in floats[len(FLOAT_FIELDS) :]]
-    for key in ("evaluated", "stop_after_eval", "fresh", "initialized"):
-        info[key] = bool(info[key])
-    return info
+    values: dict[str, Any] = {
+        k: (bool(v) if k in _BOOL_FIELDS else int(v)) for k, v in zip(INT_FIELDS, ints)
+    }
+    values.update({k: float(v) for k, v in zip(FLOAT_FIELDS, floats)})
+    values["diag"] = tuple(float(v) for v in floats[len(FLOAT_FIELDS) :])
+    return _Info(**values)
 
 
 def solve(
@@ -307,13 +335,13 @@ class _Solve:
         self.compiled = compiled(program)
 
     # -- counters -------------------------------------------------------------------
-    def _sync_counters(self, info: dict[str, Any]) -> None:
+    def _sync_counters(self, info: _Info) -> None:
         """Add the evaluations made on the device since the last chunk to nlp.counters."""
         for key in ("obj", "grad", "hprod"):
-            delta = info[key] - self.counted[key]
+            delta = getattr(info, key) - self.counted[key]
             if delta:
                 setattr(self.nlp.counters, key, getattr(self.nlp.counters, key) + delta)
-            self.counted[key] = info[key]
+            self.counted[key] = getattr(info, key)
 
     # -- start ----------------------------------------------------------------------
     def _carry0(self) -> Carry:
@@ -359,12 +387,12 @@ class _Solve:
         }
 
     # -- errors found on the device -------------------------------------------------
-    def _raise_internal(self, info: dict[str, Any], carry: Carry) -> None:
-        status = info["status"]
+    def _raise_internal(self, info: _Info, carry: Carry) -> None:
+        status = info.status
         if status == NONFINITE_START:
             raise NonFiniteError(
-                f"the objective or its gradient at x0 is not finite (f = {info['f']}, "
-                f"‖g‖ = {info['gnorm']}); check x0, the state and fn"
+                f"the objective or its gradient at x0 is not finite (f = {info.f}, "
+                f"‖g‖ = {info.gnorm}); check x0, the state and fn"
             )
         if status == MUTATION:
             mask = np.asarray(jax.device_get(carry.tally.mutated))
@@ -372,16 +400,16 @@ class _Solve:
             changed = tuple(p or "<root>" for p, m in zip(paths, mask) if m)
             raise StateMutationError(
                 f"state_policy='reject': the objective changed its state (leaves "
-                f"{', '.join(changed)}) during iteration {info['iter']}. Use state_policy='freeze' "
+                f"{', '.join(changed)}) during iteration {info.iter}. Use state_policy='freeze' "
                 "for objectives with state (BatchNorm statistics, PRNG keys), or make the "
                 "objective pure.",
                 leaves=changed,
-                iteration=info["iter"],
+                iteration=info.iter,
             )
         if status == TRAIT_VIOLATION:
             raise SolverTraitError(
                 f"solver {self.traits.name!r} is registered one-step safe but evaluated the "
-                f"objective more than once in iteration {info['iter']}; register it with "
+                f"objective more than once in iteration {info.iter}; register it with "
                 "one_step_safe=False"
             )
 
@@ -402,8 +430,8 @@ class _Solve:
         return max(n, 1)
 
     def _call(
-        self, carry: Carry, n: int, limits: tuple[Any, Any], last: dict[str, Any]
-    ) -> tuple[Carry, dict[str, Any]]:
+        self, carry: Carry, n: int, limits: tuple[Any, Any], last: _Info
+    ) -> tuple[Carry, _Info]:
         """Up to `n` iterations on the device; `last` is what the previous call returned.
 
         With a callback each call is one iteration, run as a straight-line top-level
@@ -411,26 +439,29 @@ class _Solve:
         top level); the limits are then checked here. Without one, a `while_loop`.
         """
         nlp = self.nlp
-        batch, consts = nlp._stream.current(), nlp._consts
+        inputs = Inputs(nlp._stream.current(), nlp._consts)
         if self.opts.callback is not None:
-            if last["initialized"]:
-                if last["iter"] >= self.opts.max_iter:
-                    return carry, dict(last, status=Status.MAX_ITER.code, stop_after_eval=False)
-                if self.opts.max_eval is not None and last["obj"] >= self.opts.max_eval:
-                    return carry, dict(last, status=Status.MAX_EVAL.code, stop_after_eval=False)
-            reeval = self.batch_changed or not last["fresh"]
-            carry, out = self.compiled.once[reeval, n > 0](carry, batch, consts, limits[0])
+            if last.initialized:
+                if last.iter >= self.opts.max_iter:
+                    return carry, dataclasses.replace(
+                        last, status=Status.MAX_ITER.code, stop_after_eval=False
+                    )
+                if self.opts.max_eval is not None and last.obj >= self.opts.max_eval:
+                    return carry, dataclasses.replace(
+                        last, status=Status.MAX_EVAL.code, stop_after_eval=False
+                    )
+            reeval = self.batch_changed or not last.fresh
+            carry, out = self.compiled.once[reeval, n > 0](carry, inputs, limits[0])
         else:
-            carry, out = self.compiled.run(
-                carry, batch, consts, np.int32(n), limits, np.bool_(self.batch_changed)
-            )
+            control = Control(np.int32(n), limits[0], limits[1], np.bool_(self.batch_changed))
+            carry, out = self.compiled.run(carry, inputs, control)
         self.batch_changed = False
         info = _read(out)
         self._sync_counters(info)
         self._raise_internal(info, carry)
         return carry, info
 
-    def _where(self, carry: Carry) -> dict[str, Any]:
+    def _where(self, carry: Carry) -> _Info:
         """The host's view of a carry before the first call."""
         if self.opts.resume is not None:
             return _read(info_of(self.program, carry))  # eager: once per resumed solve
@@ -454,25 +485,25 @@ class _Solve:
         if opts.verbose:
             shapes = jax.eval_shape(lambda c: program.solver.diagnostics(c.solver_state), carry)
             log = _Log(program.policy, self.traits.name, tuple(shapes))
-            if not info["initialized"]:
+            if not info.initialized:
                 # A first call with no step evaluates x0 for the log's first row.
                 carry, info = self._call(carry, 0, limits, info)
             log.row(info, time.perf_counter() - t0 + self.previous_elapsed)
         host_status: Status | None = None
         per_iter: float | None = None
-        iter_now = info["iter"]
+        iter_now = info.iter
         try:
             while True:
                 elapsed = time.perf_counter() - t0
                 n = self._chunk(iter_now, per_iter, elapsed)
                 tc = time.perf_counter()
                 carry, info = self._call(carry, n, limits, info)
-                steps = info["iter"] - iter_now
-                iter_now = info["iter"]
+                steps = info.iter - iter_now
+                iter_now = info.iter
                 elapsed = time.perf_counter() - t0
                 if steps > 0:
                     per_iter = (time.perf_counter() - tc) / steps
-                stopped = info["status"] != CONTINUE
+                stopped = info.status != CONTINUE
                 if log is not None and steps > 0 and (stopped or iter_now % opts.verbose == 0):
                     log.row(info, elapsed + self.previous_elapsed)
                 if stopped:
@@ -497,7 +528,7 @@ class _Solve:
             if opts.checkpoint is not None:
                 self._save(carry, info, time.perf_counter() - t0, self._pending_batch_change())
             raise
-        status = host_status or Status.from_code(info["status"])
+        status = host_status or Status.from_code(info.status)
         elapsed = time.perf_counter() - t0
         stats = self._stats(carry, info, status, elapsed, final=True)
         if opts.checkpoint is not None:
@@ -506,15 +537,13 @@ class _Solve:
             nlp.memory = carry.memory  # type: ignore[attr-defined]
         return stats
 
-    def _save(
-        self, carry: Carry, info: dict[str, Any], elapsed: float, batch_changed: bool
-    ) -> None:
+    def _save(self, carry: Carry, info: _Info, elapsed: float, batch_changed: bool) -> None:
         from .._checkpoint import save_checkpoint
 
         meta = dict(self._identity())
         meta.update(
-            iter=info["iter"],
-            counters={k: info[k] for k in ("obj", "grad", "hprod")},
+            iter=info.iter,
+            counters=info.counters,
             elapsed_time=elapsed + self.previous_elapsed,
             data_position=self.nlp._stream.position(),
             batch_changed=bool(batch_changed),
@@ -524,26 +553,22 @@ class _Solve:
         save_checkpoint(self.opts.checkpoint, carry, meta)
 
     def _stats(
-        self, carry: Carry, info: dict[str, Any], status: Status, elapsed: float, *, final: bool
+        self, carry: Carry, info: _Info, status: Status, elapsed: float, *, final: bool
     ) -> Stats:
         program = self.program
-        objective, dual = info["f"], info["gnorm"]
-        counters = {k: info[k] for k in ("obj", "grad", "hprod")}
-        if final and not info["evaluated"]:
+        objective, dual = info.f, info.gnorm
+        counters = info.counters
+        if final and not info.evaluated:
             # One-step solvers stopped by a limit: one extra counted evaluation at the
             # final iterate; its new state is discarded.
             f, gnorm = self.compiled.final(
-                carry.x,
-                carry.state,
-                self.nlp._stream.current(),
-                self.nlp._consts,
-                carry.memory,
+                carry, Inputs(self.nlp._stream.current(), self.nlp._consts)
             )
             objective, dual = float(f), float(gnorm)
             self.nlp.counters.add(obj=1, grad=1)
             counters["obj"] += 1
             counters["grad"] += 1
-        if program.policy is StatePolicy.PROPAGATE and info["stop_after_eval"]:
+        if program.policy is StatePolicy.PROPAGATE and info.stop_after_eval:
             state = carry.point.state
         else:
             state = carry.state
@@ -554,11 +579,11 @@ class _Solve:
             state=state,
             objective=objective,
             dual_feas=dual,
-            iter=info["iter"],
+            iter=info.iter,
             elapsed_time=elapsed + self.previous_elapsed,
             state_policy=program.policy,
             solver=self.traits.name,
             counters=counters,
-            accepted=info["accepted"],
+            accepted=info.accepted,
             solver_state=carry.solver_state,
         )

@@ -27,7 +27,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from .._errors import SolverTraitError
 from .._evaluate import Evaluation, Oracle, Tally
@@ -59,6 +59,22 @@ INT_FIELDS = (
 FLOAT_FIELDS = ("f", "gnorm")
 
 
+class Inputs(eqx.Module):
+    """What the objective reads besides x and the state: the batch and the constants."""
+
+    batch: PyTree
+    consts: PyTree
+
+
+class Control(eqx.Module):
+    """The host's instructions for one device call."""
+
+    n_steps: Int[ArrayLike, ""]  # iterations this call may make
+    max_iter: Int[ArrayLike, ""]
+    max_eval: Int[ArrayLike, ""]
+    batch_changed: Bool[ArrayLike, ""]  # the batch changed since the last call
+
+
 class Program(eqx.Module):
     """Everything static about a solve: hashed, so equal programs share compiled code."""
 
@@ -68,24 +84,17 @@ class Program(eqx.Module):
     one_step: bool = eqx.field(static=True)
     hessian: Any = eqx.field(static=True)
 
-    def oracle(
-        self,
-        state: PyTree,
-        batch: PyTree,
-        consts: PyTree,
-        tally: Tally,
-        memory: PyTree,
-        toplevel: bool = False,
-    ) -> Oracle:
+    def oracle(self, c: Carry, inputs: Inputs, toplevel: bool = False) -> Oracle:
+        """The frozen function f_k of the carry's iteration: state s_k, batch B_k."""
         return Oracle(
             core=self.core,
-            state=state,
-            batch=batch,
-            consts=consts,
+            state=c.state,
+            batch=inputs.batch,
+            consts=inputs.consts,
             hessian=self.hessian,
-            memory=memory,
+            memory=c.memory,
             check_mutation=self.policy is StatePolicy.REJECT,
-            tally=tally,
+            tally=c.tally,
             toplevel=toplevel,
         )
 
@@ -185,10 +194,10 @@ def _start(program: Program, c: Carry) -> Carry:
     return c
 
 
-def _step(program: Program, batch, consts, c: Carry, toplevel: bool = False) -> Carry:
+def _step(program: Program, inputs: Inputs, c: Carry, toplevel: bool = False) -> Carry:
     """One solver step from a fresh, finite evaluation at x_k."""
     solver = program.solver
-    oracle = program.oracle(c.state, batch, consts, c.tally, c.memory, toplevel)
+    oracle = program.oracle(c, inputs, toplevel)
     point = program.full(c.point, c.state)
     step, solver_state, oracle = solver.step(oracle, point, c.solver_state)
     tally = oracle.tally
@@ -246,9 +255,9 @@ def _step(program: Program, batch, consts, c: Carry, toplevel: bool = False) -> 
     )
 
 
-def _reevaluate(program: Program, batch, consts, c: Carry, toplevel: bool = False) -> Carry:
+def _reevaluate(program: Program, inputs: Inputs, c: Carry, toplevel: bool = False) -> Carry:
     """`point` := a fresh evaluation at x under (s_k, B_k) (counted, state checked)."""
-    oracle = program.oracle(c.state, batch, consts, c.tally, c.memory, toplevel)
+    oracle = program.oracle(c, inputs, toplevel)
     point, oracle = oracle.objgrad(c.x)
     yes = jnp.asarray(True)
     return dataclasses.replace(
@@ -299,44 +308,45 @@ def _settle(program: Program, before: Carry, c: Carry, max_iter) -> tuple[Carry,
     return c, status == CONTINUE
 
 
-def _iteration(program: Program, batch, consts, limits, start, n_steps, c: Carry) -> Carry:
+def _iteration(program: Program, inputs: Inputs, control: Control, start, c: Carry) -> Carry:
     """Limits, a fresh evaluation at x_k, the stopping tests, then (maybe) a step."""
-    max_iter, max_eval = limits
     limit = jnp.where(
-        c.iter >= max_iter,
+        c.iter >= control.max_iter,
         Status.MAX_ITER.code,
-        jnp.where(c.tally.obj >= max_eval, Status.MAX_EVAL.code, CONTINUE),
+        jnp.where(c.tally.obj >= control.max_eval, Status.MAX_EVAL.code, CONTINUE),
     ).astype(jnp.int32)
     # The first iteration always evaluates x0 (max_iter=0 still reports f(x0)).
     limit = jnp.where(c.initialized, limit, CONTINUE)
 
     def proceed(c: Carry) -> Carry:
         before = c
-        c = jax.lax.cond(c.fresh, lambda c: c, lambda c: _reevaluate(program, batch, consts, c), c)
-        c, go = _settle(program, before, c, max_iter)
-        go = go & (c.iter - start < n_steps)
-        return jax.lax.cond(go, lambda c: _step(program, batch, consts, c), lambda c: c, c)
+        c = jax.lax.cond(c.fresh, lambda c: c, lambda c: _reevaluate(program, inputs, c), c)
+        c, go = _settle(program, before, c, control.max_iter)
+        go = go & (c.iter - start < control.n_steps)
+        return jax.lax.cond(go, lambda c: _step(program, inputs, c), lambda c: c, c)
 
     return jax.lax.cond(
         limit == CONTINUE, proceed, lambda c: dataclasses.replace(c, status=limit), c
     )
 
 
-def iterate_once(program: Program, reeval: bool, step: bool, carry: Carry, batch, consts, max_iter):
+def iterate_once(program: Program, mode: tuple[bool, bool], carry: Carry, inputs: Inputs, max_iter):
     """One iteration as a straight-line, top-level program (the callback path).
 
     The host checks the limits before calling and decides (statically) whether x_k
-    needs a fresh evaluation, and whether to step at all (`step=False` only
+    needs a fresh evaluation, and whether to step at all (`mode = (reeval, step)`;
+    `step=False` only
     evaluates, for the first row of a log). No branch or loop wraps the evaluation
     at x_k nor the step: the step is always computed and selected, and solvers make
     their first evaluation outside their own loops (`Oracle.toplevel`). Same
     semantics as one pass of the `while_loop` body.
     """
     program.core.traces.bump("solve_once")
-    c = _reevaluate(program, batch, consts, carry, toplevel=True) if reeval else carry
+    reeval, step = mode
+    c = _reevaluate(program, inputs, carry, toplevel=True) if reeval else carry
     c, go = _settle(program, carry, c, max_iter)
     if step:
-        stepped = _step(program, batch, consts, c, toplevel=True)
+        stepped = _step(program, inputs, c, toplevel=True)
         c = tree_select(go, stepped, c)
     return c, info(program, c)
 
@@ -362,28 +372,26 @@ def info(program: Program, c: Carry) -> tuple[Int[Array, " k"], Float[Array, " m
     return ints, jnp.stack([jnp.asarray(v, c.x.dtype) for v in floats])
 
 
-def run(program: Program, carry: Carry, batch, consts, n_steps, limits, batch_changed):
-    """Up to `n_steps` iterations in one `lax.while_loop` (stops early on any status)."""
+def run(program: Program, carry: Carry, inputs: Inputs, control: Control):
+    """Up to `control.n_steps` iterations in one `lax.while_loop` (stops early on any status)."""
     program.core.traces.bump("solve_run")
-    carry = dataclasses.replace(carry, fresh=carry.fresh & ~batch_changed)
+    carry = dataclasses.replace(carry, fresh=carry.fresh & ~jnp.asarray(control.batch_changed))
     start = carry.iter
 
     def cond(c: Carry):
-        return (c.status == CONTINUE) & ((c.iter - start < n_steps) | ~c.initialized)
+        return (c.status == CONTINUE) & ((c.iter - start < control.n_steps) | ~c.initialized)
 
     def body(c: Carry):
-        return _iteration(program, batch, consts, limits, start, n_steps, c)
+        return _iteration(program, inputs, control, start, c)
 
     carry = jax.lax.while_loop(cond, body, carry)
     return carry, info(program, carry)
 
 
-def final_evaluation(program: Program, x, state, batch, consts, memory):
+def final_evaluation(program: Program, carry: Carry, inputs: Inputs):
     """f and ||g|| at the final iterate when the loop made no evaluation there."""
     program.core.traces.bump("solve_final")
-    n_leaves = len(jax.tree_util.tree_leaves(state))
-    oracle = program.oracle(state, batch, consts, Tally.zeros(n_leaves), memory)
-    point, _ = oracle.objgrad(x)
+    point, _ = program.oracle(carry, inputs).objgrad(carry.x)
     return point.f, safe_norm(point.g)
 
 
@@ -401,7 +409,7 @@ class Compiled:
         self.final = jax.jit(functools.partial(final_evaluation, program))
         # One straight-line iteration, keyed by (evaluate x_k first, step).
         self.once = {
-            (reeval, step): jax.jit(functools.partial(iterate_once, program, reeval, step))
+            (reeval, step): jax.jit(functools.partial(iterate_once, program, (reeval, step)))
             for reeval in (True, False)
             for step in (True, False)
         }

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from .._evaluate import Oracle
+from .._evaluate import Evaluation, Oracle
 
 __all__ = ["CGResult", "CGStatus", "SteihaugCG"]
 
@@ -52,7 +52,7 @@ class CGResult(eqx.Module):
         ```python
         from statefulnlp.solvers import CGResult
 
-        # Returned by SteihaugCG().solve(oracle, x, g, radius, tol) inside a solver.
+        # Returned by SteihaugCG().solve(oracle, point, radius, tol) inside a solver.
         assert set(CGResult.__annotations__) == {"step", "curvature", "iterations", "status"}
         ```
     """
@@ -100,14 +100,13 @@ class SteihaugCG(eqx.Module):
     max_iter: int | None = None
 
     def solve(
-        self,
-        oracle: Oracle,
-        x: Float[Array, " n"],
-        g: Float[Array, " n"],
-        radius: Float[Array, ""],
-        tol: Float[Array, ""],
+        self, oracle: Oracle, point: Evaluation, radius: Float[Array, ""], tol: Float[Array, ""]
     ) -> tuple[CGResult, Oracle]:
-        """Approximately minimize g's + ½ s'H(x)s over ‖s‖ ≤ radius; stop when ‖r‖ ≤ tol."""
+        """Approximately minimize g's + ½ s'H(x)s over ‖s‖ ≤ radius; stop when ‖r‖ ≤ tol.
+
+        `x` and `g` are `point.x` and `point.g`; H is the oracle's Hessian at `point.x`.
+        """
+        x, g = point.x, point.g
         n = x.shape[0]
         max_iter = n if self.max_iter is None else min(self.max_iter, n)
         zero = jnp.zeros_like(x)

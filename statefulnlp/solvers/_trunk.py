@@ -123,7 +123,7 @@ class Trunk(AbstractSolver[TrunkState]):
         cgtol = jnp.maximum(
             eps, jnp.minimum(jnp.minimum(0.1, jnp.sqrt(gnorm)), 0.9 * solver_state.cgtol)
         ).astype(dtype)
-        cg, oracle = self.cg.solve(oracle, x, g, radius, cgtol * gnorm)
+        cg, oracle = self.cg.solve(oracle, point, radius, cgtol * gnorm)
         s = cg.step
         slope = jnp.vdot(g, s)
         curvature = cg.curvature
