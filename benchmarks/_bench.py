@@ -80,3 +80,33 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     print("  ".join(c.rjust(widths[c]) for c in columns))
     for r in rows:
         print("  ".join(fmt(r.get(c, "")).rjust(widths[c]) for c in columns))
+
+
+def cold_and_warm(
+    make: Callable[[], Callable[[], tuple]], repeat: int
+) -> tuple[float, float, tuple]:
+    """Time a solver runner: the first call after `jax.clear_caches()` (compilation
+    included) and the median of `repeat` further calls. Returns (cold, warm, last result),
+    where a result is a tuple whose first entry is the solution."""
+    jax.clear_caches()
+    run = make()
+    t = time.perf_counter()
+    result = run()
+    block(result[0])
+    cold = time.perf_counter() - t
+    warm = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        result = run()
+        block(result[0])
+        warm.append(time.perf_counter() - t)
+    return cold, statistics.median(warm), result
+
+
+def report(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """Print a result table and the errors of the methods that failed."""
+    print(f"\n{title}")
+    table(rows, columns)
+    for r in rows:
+        if "error" in r:
+            print(f"  {r['method']}: {r['error']}")

@@ -20,8 +20,8 @@ Target: ‖∇f‖₂ ≤ 1e-6. Every method keeps 10 curvature pairs.
 
 from __future__ import annotations
 
+import functools
 import sys
-import time
 
 import jax
 
@@ -29,7 +29,7 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from _bench import save, table  # noqa: E402
+from _bench import cold_and_warm, report, save  # noqa: E402
 
 import statefulnlp as snlp  # noqa: E402
 
@@ -256,34 +256,25 @@ def measure(name, f, x0, repeat):
     rows = []
     for runner_name, make in RUNNERS.items():
         try:
-            jax.clear_caches()
-            run = make(f, x0)
-            t = time.perf_counter()
-            x, iters, evals = run()
-            jax.block_until_ready(x)
-            cold = time.perf_counter() - t
-            warm = []
-            for _ in range(repeat):
-                t = time.perf_counter()
-                x, iters, evals = run()
-                jax.block_until_ready(x)
-                warm.append(time.perf_counter() - t)
-            gnorm = float(jnp.linalg.norm(grad(x)))
-            rows.append(
-                {
-                    "problem": name,
-                    "method": runner_name,
-                    "cold (s)": cold if runner_name in JAX_COMPILED else float("nan"),
-                    "warm (s)": float(np.median(warm)),
-                    "iters": iters,
-                    "f evals": evals if evals is not None else "",
-                    "final |g|": gnorm,
-                    "reached": gnorm <= GTOL * 1.0000001,
-                    "f": float(f(x)),
-                }
-            )
+            runner = functools.partial(make, f, x0)
+            cold, warm, (x, iters, evals) = cold_and_warm(runner, repeat)
         except Exception as err:  # a peer failing is reported, not fatal
             rows.append({"problem": name, "method": runner_name, "error": repr(err)[:120]})
+            continue
+        gnorm = float(jnp.linalg.norm(grad(x)))
+        rows.append(
+            {
+                "problem": name,
+                "method": runner_name,
+                "cold (s)": cold if runner_name in JAX_COMPILED else float("nan"),
+                "warm (s)": warm,
+                "iters": iters,
+                "f evals": evals if evals is not None else "",
+                "final |g|": gnorm,
+                "reached": gnorm <= GTOL * 1.0000001,
+                "f": float(f(x)),
+            }
+        )
     base = next(r for r in rows if r["method"] == "optax lbfgs")
     for r in rows:
         if "warm (s)" in r:
@@ -297,24 +288,9 @@ def main(repeat: int = 5) -> None:
     all_rows = []
     for problem in (logistic_problem(), rosenbrock_problem()):
         rows = measure(*problem, repeat)
-        print(f"\n{problem[0]}: time to ‖∇f‖ <= {GTOL:g}")
-        table(
-            rows,
-            [
-                "method",
-                "cold (s)",
-                "warm (s)",
-                "cold / optax",
-                "warm / optax",
-                "iters",
-                "f evals",
-                "final |g|",
-                "reached",
-            ],
-        )
-        for r in rows:
-            if "error" in r:
-                print(f"  {r['method']}: {r['error']}")
+        columns = ["method", "cold (s)", "warm (s)", "cold / optax", "warm / optax", "iters"]
+        columns += ["f evals", "final |g|", "reached"]
+        report(f"{problem[0]}: time to ‖∇f‖ <= {GTOL:g}", rows, columns)
         all_rows += rows
     save("lbfgs", {"gtol": GTOL, "memory": MEM, "rows": all_rows})
 

@@ -11,7 +11,6 @@ is reported beside them. Target ‖∇f‖₂ ≤ 1e-6, float64.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 
 import jax
@@ -20,7 +19,7 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from _bench import save, table  # noqa: E402
+from _bench import cold_and_warm, report, save  # noqa: E402
 from bench_lbfgs import GTOL, logistic_problem, rosenbrock_problem  # noqa: E402
 
 import statefulnlp as snlp  # noqa: E402
@@ -110,56 +109,31 @@ def main(repeat: int = 3) -> None:
         rows = []
         for method, make in RUNNERS.items():
             try:
-                jax.clear_caches()
-                run = make(f, x0)
-                t = time.perf_counter()
-                x, *_ = run()
-                jax.block_until_ready(x)
-                cold = time.perf_counter() - t
-                warm = []
-                for _ in range(repeat):
-                    t = time.perf_counter()
-                    x, iters, fe, hv = run()
-                    jax.block_until_ready(x)
-                    warm.append(time.perf_counter() - t)
-                g = float(jnp.linalg.norm(grad(x)))
-                rows.append(
-                    {
-                        "problem": name,
-                        "method": method,
-                        "cold (s)": cold,
-                        "warm (s)": float(np.median(warm)),
-                        "iters": iters,
-                        "f evals": fe if fe is not None else "",
-                        "Hv": hv if hv is not None else "",
-                        "final |g|": g,
-                        "reached": g <= GTOL,
-                    }
-                )
+                runner = functools.partial(make, f, x0)
+                cold, warm, (x, iters, fe, hv) = cold_and_warm(runner, repeat)
             except Exception as err:
                 rows.append({"problem": name, "method": method, "error": repr(err)[:160]})
+                continue
+            g = float(jnp.linalg.norm(grad(x)))
+            rows.append(
+                {
+                    "problem": name,
+                    "method": method,
+                    "cold (s)": cold,
+                    "warm (s)": warm,
+                    "iters": iters,
+                    "f evals": fe if fe is not None else "",
+                    "Hv": hv if hv is not None else "",
+                    "final |g|": g,
+                    "reached": g <= GTOL,
+                }
+            )
         base = next(r for r in rows if r["method"] == "scipy trust-ncg")
         for r in rows:
             if "warm (s)" in r:
                 r["warm / scipy"] = r["warm (s)"] / base["warm (s)"]
-        print(f"\n{name}: time to ‖∇f‖ <= {GTOL:g}")
-        table(
-            rows,
-            [
-                "method",
-                "cold (s)",
-                "warm (s)",
-                "warm / scipy",
-                "iters",
-                "f evals",
-                "Hv",
-                "final |g|",
-                "reached",
-            ],
-        )
-        for r in rows:
-            if "error" in r:
-                print(f"  {r['method']}: {r['error']}")
+        columns = ["method", "cold (s)", "warm (s)", "warm / scipy", "iters", "f evals", "Hv"]
+        report(f"{name}: time to ‖∇f‖ <= {GTOL:g}", rows, [*columns, "final |g|", "reached"])
         all_rows += rows
     save("trunk", {"gtol": GTOL, "rows": all_rows})
 
