@@ -10,6 +10,7 @@ is reported beside them. Target ‖∇f‖₂ ≤ 1e-6, float64.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 
