@@ -241,7 +241,8 @@ def of(solver: Any) -> SolverTraits:
     if inspect.isclass(solver):
         cls = solver
     elif isinstance(solver, base):
-        own = solver.traits()
+        # Through the class: equinox builds a bound-method module on attribute access.
+        own = type(solver).traits(solver)
         if own is not None:
             return own
         cls = type(solver)

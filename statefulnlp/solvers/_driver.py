@@ -344,11 +344,30 @@ class _Solve:
             self.counted[key] = getattr(info, key)
 
     # -- start ----------------------------------------------------------------------
-    def _carry0(self) -> Carry:
-        nlp, program, opts = self.nlp, self.program, self.opts
-        memory = getattr(nlp, "memory", None) if program.hessian is not None else None
+    def _initial_args(self) -> tuple[Any, ...]:
+        """The arguments of `initial_carry` (after the program)."""
+        nlp, opts = self.nlp, self.opts
+        memory = getattr(nlp, "memory", None) if self.program.hessian is not None else None
         tolerances = (np.asarray(opts.atol, nlp.dtype), np.asarray(opts.rtol, nlp.dtype))
-        args = (nlp.x0, nlp.state0, tolerances, memory)
+        return (nlp.x0, nlp.state0, tolerances, memory)
+
+    def _one_call(self) -> bool:
+        """True when the whole solve is one device call (nothing for the host between)."""
+        opts = self.opts
+        return (
+            opts.callback is None
+            and not opts.verbose
+            and opts.checkpoint_every is None
+            and opts.max_time is None
+            and opts.resume is None
+        )
+
+    def _carry0(self) -> Carry | None:
+        """The first carry, or None when the first device call builds it (`_one_call`)."""
+        nlp, program, opts = self.nlp, self.program, self.opts
+        if self._one_call():
+            return None
+        args = self._initial_args()
         if opts.resume is None:
             return self.compiled.initial(*args)
         from .._checkpoint import load_checkpoint
@@ -430,9 +449,11 @@ class _Solve:
         return max(n, 1)
 
     def _call(
-        self, carry: Carry, n: int, limits: tuple[Any, Any], last: _Info
+        self, carry: Carry | None, n: int, limits: tuple[Any, Any], last: _Info
     ) -> tuple[Carry, _Info]:
         """Up to `n` iterations on the device; `last` is what the previous call returned.
+
+        `carry` None: the call starts from `initial_carry` (see `_one_call`).
 
         With a callback each call is one iteration, run as a straight-line top-level
         program (XLA on CPU runs convolutions in loop bodies far slower than at the
@@ -440,7 +461,8 @@ class _Solve:
         """
         nlp = self.nlp
         inputs = Inputs(nlp._stream.current(), nlp._consts)
-        if self.opts.callback is not None:
+        new: Carry
+        if carry is not None and self.opts.callback is not None:
             if last.initialized:
                 if last.iter >= self.opts.max_iter:
                     return carry, dataclasses.replace(
@@ -451,19 +473,22 @@ class _Solve:
                         last, status=Status.MAX_EVAL.code, stop_after_eval=False
                     )
             reeval = self.batch_changed or not last.fresh
-            carry, out = self.compiled.once[reeval, n > 0](carry, inputs, limits[0])
+            new, out = self.compiled.once[reeval, n > 0](carry, inputs, limits[0])
         else:
             control = Control(np.int32(n), limits[0], limits[1], np.bool_(self.batch_changed))
-            carry, out = self.compiled.run(carry, inputs, control)
+            if carry is None:
+                new, out = self.compiled.start(self._initial_args(), inputs, control)
+            else:
+                new, out = self.compiled.run(carry, inputs, control)
         self.batch_changed = False
         info = _read(out)
         self._sync_counters(info)
-        self._raise_internal(info, carry)
-        return carry, info
+        self._raise_internal(info, new)
+        return new, info
 
-    def _where(self, carry: Carry) -> _Info:
+    def _where(self, carry: Carry | None) -> _Info:
         """The host's view of a carry before the first call."""
-        if self.opts.resume is not None:
+        if carry is not None and self.opts.resume is not None:
             return _read(info_of(self.program, carry))  # eager: once per resumed solve
         ints = [CONTINUE if k == "status" else 0 for k in INT_FIELDS]
         return _read((np.asarray(ints), np.full(len(FLOAT_FIELDS), np.nan)))
@@ -526,6 +551,8 @@ class _Solve:
                     break
         except KeyboardInterrupt:
             if opts.checkpoint is not None:
+                if carry is None:  # interrupted in the first call: nothing done yet
+                    carry = self.compiled.initial(*self._initial_args())
                 self._save(carry, info, time.perf_counter() - t0, self._pending_batch_change())
             raise
         status = host_status or Status.from_code(info.status)

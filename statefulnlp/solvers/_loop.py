@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -59,14 +59,16 @@ INT_FIELDS = (
 FLOAT_FIELDS = ("f", "gnorm")
 
 
-class Inputs(eqx.Module):
+# Inputs and Control are NamedTuples (not Modules): they are built at every device
+# call, and jax flattens tuples without calling back into Python.
+class Inputs(NamedTuple):
     """What the objective reads besides x and the state: the batch and the constants."""
 
     batch: PyTree
     consts: PyTree
 
 
-class Control(eqx.Module):
+class Control(NamedTuple):
     """The host's instructions for one device call."""
 
     n_steps: Int[ArrayLike, ""]  # iterations this call may make
@@ -75,14 +77,18 @@ class Control(eqx.Module):
     batch_changed: Bool[ArrayLike, ""]  # the batch changed since the last call
 
 
-class Program(eqx.Module):
-    """Everything static about a solve: hashed, so equal programs share compiled code."""
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """Everything static about a solve: hashed, so equal programs share compiled code.
 
-    core: _Core = eqx.field(static=True)
-    solver: AbstractSolver = eqx.field(static=True)
-    policy: StatePolicy = eqx.field(static=True)
-    one_step: bool = eqx.field(static=True)
-    hessian: Any = eqx.field(static=True)
+    Never traced: it is bound into the jitted functions of `Compiled`.
+    """
+
+    core: _Core
+    solver: AbstractSolver
+    policy: StatePolicy
+    one_step: bool
+    hessian: Any
 
     def oracle(self, c: Carry, inputs: Inputs, toplevel: bool = False) -> Oracle:
         """The frozen function f_k of the carry's iteration: state s_k, batch B_k."""
@@ -388,6 +394,15 @@ def run(program: Program, carry: Carry, inputs: Inputs, control: Control):
     return carry, info(program, carry)
 
 
+def start(program: Program, initial: tuple, inputs: Inputs, control: Control):
+    """`run` from the carry `initial_carry(program, *initial)`, in one device call.
+
+    Used when a solve is a single chunk: no separate call builds the first carry
+    and the loop's buffers are created on the device rather than copied in.
+    """
+    return run(program, initial_carry(program, *initial), inputs, control)
+
+
 def final_evaluation(program: Program, carry: Carry, inputs: Inputs):
     """f and ||g|| at the final iterate when the loop made no evaluation there."""
     program.core.traces.bump("solve_final")
@@ -406,6 +421,7 @@ class Compiled:
     def __init__(self, program: Program):
         self.initial = jax.jit(functools.partial(initial_carry, program))
         self.run = jax.jit(functools.partial(run, program))
+        self.start = jax.jit(functools.partial(start, program))
         self.final = jax.jit(functools.partial(final_evaluation, program))
         # One straight-line iteration, keyed by (evaluate x_k first, step).
         self.once = {
