@@ -25,7 +25,7 @@ from digits_cnn import LeNet, loss
 
 import statefulnlp as snlp
 from statefulnlp.datasets import digits_split
-from statefulnlp.solvers._loop import Program, compiled
+from statefulnlp.solvers._loop import Control, Inputs, Program, compiled
 
 
 def mib(nbytes: int) -> float:
@@ -51,8 +51,9 @@ def lbfgs_memory(n: int, mem: int) -> dict:
     tol = (np.float32(1e-6), np.float32(0.0))
     jitted = compiled(program)
     carry = jitted.initial(nlp.x0, nlp.state0, tol, None)
-    limits = (np.int32(10), np.int32(100))
-    lowered = jitted.run.lower(carry, None, None, np.int32(10), limits, np.bool_(False))
+    inputs = Inputs(None, nlp._consts)
+    control = Control(np.int32(10), np.int32(10), np.int32(100), np.bool_(False))
+    lowered = jitted.run.lower(carry, inputs, control)
     a = analysis(lowered.compile())
     total = a["argument"] + a["temp"]
     return {
