@@ -88,8 +88,8 @@ def cold_and_warm(
     """Time a solver runner: the first call after `jax.clear_caches()` (compilation
     included) and the best of at least `repeat` further calls: more, up to 200, until
     `min_seconds` of warm calls have run; one only if the cold call took over 10 s.
-    Returns (cold, warm, last result), where a
-    result is a tuple whose first entry is the solution.
+    Returns (cold, warm, last result), where a result is a tuple whose first entry is
+    the solution.
 
     Warm time is the minimum, not the median: on a shared 2-core machine other load
     only ever adds time, and the same rule is applied to every method in a table."""

@@ -1,8 +1,9 @@
 """Limited-memory quasi-Newton pieces: the pair memory, the two-loop recursion,
 and the `LBFGSModel` / `LSR1Model` problems whose `hprod` is the approximation.
 
-Pairs are kept in chronological order (the newest in the last row) so that
-every recursion is a plain `lax.scan`; `count` says how many rows are valid.
+Pairs live in a ring buffer updated in place (`PairMemory`); every recursion is a
+`lax.scan` over the chronological order of its slots, and `count` says how many of
+the newest pairs are valid.
 """
 
 from __future__ import annotations
@@ -87,8 +88,8 @@ class PairMemory(eqx.Module):
     def newest_scaling(self) -> Float[Array, ""]:
         """y'y / s'y of the newest pair (1 when empty): the scaling of B_0 = γ I."""
         i = (self.head - 1) % self.mem
-        s, y = self.S[i], self.Y[i]
-        sy = jnp.vdot(s, y)
+        y = self.Y[i]
+        sy = self.sy[i]  # cached by `push`
         yy = jnp.vdot(y, y)
         ok = (self.count > 0) & (sy > 0) & (yy > 0)
         return jnp.where(ok, yy / jnp.where(ok, sy, 1.0), 1.0).astype(self.S.dtype)
@@ -149,9 +150,7 @@ class _DirectOperator(eqx.Module):
         return QNMemory(pairs, jnp.ones((), dtype), z, zc, z, zc)
 
     def apply(self, memory: QNMemory, v: Float[Array, " n"]) -> Float[Array, " n"]:
-        out = memory.gamma * v
-        out = out + memory.U.T @ (memory.c * (memory.U @ v))
-        return out + memory.U2.T @ (memory.c2 * (memory.U2 @ v))
+        return self._partial_apply(memory.gamma, memory.U, memory.c, memory.U2, memory.c2, v)
 
     def push(self, memory: QNMemory, s: Float[Array, " n"], y: Float[Array, " n"]) -> QNMemory:
         raise NotImplementedError
@@ -178,7 +177,7 @@ class BFGSOperator(_DirectOperator):
             s_i, y_i = pairs.S[order[i]], pairs.Y[order[i]]
             bs = self._partial_apply(gamma, A, ca, Bm, cb, s_i)
             sbs = jnp.vdot(s_i, bs)
-            syi = jnp.vdot(s_i, y_i)
+            syi = pairs.sy[order[i]]  # cached by `push`
             ok = valid[i] & (sbs > 0) & (syi > 0)
             A = A.at[i].set(jnp.where(ok, y_i, 0.0))
             ca = ca.at[i].set(jnp.where(ok, 1.0 / jnp.where(ok, syi, 1.0), 0.0))
