@@ -150,17 +150,25 @@ class _Core(eqx.Module):
         return loss.astype(self.dtype), cast_like(new_state, self.state_sig)
 
     # -- the pure functions ----------------------------------------------------
+    def _call(self, x: jax.Array, state: PyTree, batch: PyTree, consts: PyTree):
+        # Every call of fn gets its own copy of the state's containers (the arrays are
+        # shared): a loss may consume the state it is given, as Equinox's `State.set`
+        # does (it invalidates the State object it was called on), and the same state
+        # s_k reaches fn many times within one iteration.
+        fresh = jax.tree_util.tree_map(lambda leaf: leaf, state)
+        return self._check_output(self.fn(self.flat.unflatten(x), fresh, batch, consts))
+
     def value(self, x: jax.Array, state: PyTree, batch: PyTree, consts: PyTree):
         """`(f, new_state)` at the flat point `x`."""
         self._check_inputs(x, state)
-        return self._check_output(self.fn(self.flat.unflatten(x), state, batch, consts))
+        return self._call(x, state, batch, consts)
 
     def value_and_grad(self, x: jax.Array, state: PyTree, batch: PyTree, consts: PyTree):
         """`(f, g, new_state)`: one forward and one backward pass."""
         self._check_inputs(x, state)
 
         def f(z):
-            return self._check_output(self.fn(self.flat.unflatten(z), state, batch, consts))
+            return self._call(z, state, batch, consts)
 
         (value, new_state), grad = jax.value_and_grad(f, has_aux=True)(x)
         return value, grad, new_state
@@ -351,6 +359,10 @@ class StatefulNLPModel(AbstractNLPModel):
         x0_tree = to_jax_tree(x0, "x0")
         flat = make_flattener(x0_tree, "x0")
         x0_flat = flat.flatten(x0_tree)
+        if x0_flat.size == 0:
+            raise InvalidArgumentError(
+                "x0: has no elements (every leaf is empty); a problem needs at least one variable"
+            )
         if not bool(jnp.all(jnp.isfinite(x0_flat))):
             raise InvalidArgumentError("x0: contains NaN or infinite values")
         state = to_jax_tree(state, "state")
@@ -434,6 +446,12 @@ class StatefulNLPModel(AbstractNLPModel):
             raise InvalidArgumentError(
                 "tree: expected a pytree with the structure and shapes of x0"
             )
+        for path, spec, dtype in zip(sig.paths, sig.leaves, flat.dtypes):
+            if jnp.dtype(spec.dtype) != jnp.dtype(dtype):
+                raise InvalidTypeError(
+                    f"tree: leaf {path or '<root>'} has dtype {jnp.dtype(spec.dtype).name}, "
+                    f"expected {jnp.dtype(dtype).name} (the dtype of that leaf in x0)"
+                )
         return flat.flatten(tree)
 
     def _state_arg(self, state: PyTree) -> PyTree:
@@ -533,3 +551,75 @@ def check_finite_start(f: Any, g: Any) -> None:
         raise NonFiniteError(f"the objective at x0 is not finite (f = {float(f)}); check x0 and fn")
     if not bool(np.all(np.isfinite(np.asarray(g)))):
         raise NonFiniteError("the gradient at x0 contains NaN or infinite values; check x0 and fn")
+
+
+def check_dtype_mode(nlp: AbstractNLPModel) -> None:
+    """Refuse a float64 problem while JAX's 64-bit mode is off (it would be truncated)."""
+    dtype = jnp.dtype(nlp.dtype)
+    if jax.dtypes.canonicalize_dtype(dtype) != dtype:
+        raise InvalidTypeError(
+            f"nlp: the problem's variables are {dtype.name} (it was built with 64-bit mode on, "
+            "e.g. inside `with jax.enable_x64(True):`), but 64-bit mode is off now; solve it "
+            "where it was built (inside the same `with jax.enable_x64(True):` block) or enable "
+            'it for the whole program with jax.config.update("jax_enable_x64", True)'
+        )
+
+
+def start_point(nlp: AbstractNLPModel, x0: Any, state: Any) -> tuple[jax.Array, PyTree]:
+    """The checked starting point `(x0, state)` of a solve (defaults: `nlp.x0`, `nlp.state0`).
+
+    `x0` is a flat vector of length `nlp.nvar` or a pytree shaped like the problem's
+    variables; `state` must match `nlp.state0` in structure, shapes and dtypes.
+    Bad input raises `InvalidArgumentError` / `InvalidTypeError` naming the argument.
+    """
+    x = nlp.x0 if x0 is None else _start_vector(nlp, x0)
+    if state is None:
+        s = nlp.state0
+    else:
+        s = to_jax_tree(state, "state")
+        expected = signature(nlp.state0)
+        problem = describe_mismatch(expected, signature(s))
+        if problem is not None:
+            raise InvalidArgumentError(
+                f"state: does not match the problem's state (nlp.state0): {problem}"
+            )
+        s = cast_like(s, expected)
+    mesh = getattr(nlp, "mesh", None)
+    if mesh is not None and (x0 is not None or state is not None):
+        from ._sharding import replicate
+
+        x, s = replicate((x, s), mesh)
+    return x, s
+
+
+def _start_vector(nlp: AbstractNLPModel, x0: Any) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(x0)
+    is_flat = len(leaves) == 1 and leaves[0] is x0 and np.ndim(x0) == 1
+    if is_flat and np.shape(x0) == (nlp.nvar,):
+        x = _as_vector(x0, "x0")
+        if x.dtype != nlp.dtype:
+            raise InvalidTypeError(
+                f"x0: expected dtype {jnp.dtype(nlp.dtype).name} (the dtype of nlp.x0), got "
+                f"{jnp.dtype(x.dtype).name}; convert it with .astype(nlp.dtype)"
+            )
+    else:
+        tree = to_jax_tree(x0, "x0")
+        try:
+            x = nlp.flatten(tree)  # type: ignore[attr-defined]
+        except InvalidTypeError as err:
+            raise InvalidTypeError(f"x0: {str(err).removeprefix('tree: ')}") from None
+        except InvalidArgumentError:
+            raise InvalidArgumentError(
+                f"x0: expected a flat vector of shape ({nlp.nvar},) like stats.solution, or a "
+                "pytree with the structure and shapes of the problem's variables, got "
+                f"{_describe(x0)}"
+            ) from None
+    if not bool(jnp.all(jnp.isfinite(x))):
+        raise InvalidArgumentError("x0: contains NaN or infinite values")
+    return x
+
+
+def _describe(value: Any) -> str:
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"an array of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return f"a {type(value).__name__}"

@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +30,7 @@ from .._errors import (
     SolverTraitError,
     StateMutationError,
 )
-from .._problem import AbstractNLPModel
+from .._problem import AbstractNLPModel, check_dtype_mode, start_point
 from .._stats import Stats, Status
 from ..traits import StatePolicy
 from ._base import CONTINUE, AbstractSolver
@@ -109,6 +111,42 @@ def _path_arg(value: Any, name: str) -> str | None:
     raise InvalidTypeError(f"{name}: expected a file path or None, got {type(value).__name__}")
 
 
+def _check_writable(path: str) -> None:
+    """Refuse a checkpoint path that cannot be written, before any evaluation."""
+    if os.path.isdir(path):
+        raise InvalidArgumentError(f"checkpoint: {path!r} is a directory; expected a file path")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise InvalidArgumentError(
+            f"checkpoint: cannot write {path!r}: its directory {directory!r} does not exist"
+        )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ckpt-probe-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise InvalidArgumentError(
+            f"checkpoint: cannot write in {directory!r} ({err.strerror})"
+        ) from None
+
+
+def _wants_stop(value: Any) -> bool:
+    """A callback's verdict: True stops; None and False go on; anything else is refused."""
+    if value is None:
+        return False
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, np.ndarray | jax.Array) and value.shape == () and value.dtype == bool:
+        return bool(value)
+    what = type(value).__name__
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        what = f"an array of shape {tuple(value.shape)} and dtype {value.dtype}"
+    raise InvalidTypeError(
+        "callback: must return None, False (go on) or True (stop), or a boolean scalar such "
+        f"as np.True_ or a 0-d bool array; got {what}"
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class _Options:
     """The validated keyword arguments of `solve` (host-side only)."""
@@ -141,6 +179,8 @@ def _options(nlp: AbstractNLPModel, **kw: Any) -> _Options:
     if isinstance(verbose, bool):
         verbose = int(verbose)
     checkpoint = _path_arg(kw["checkpoint"], "checkpoint")
+    if checkpoint is not None:
+        _check_writable(checkpoint)
     every = _check_int(kw["checkpoint_every"], "checkpoint_every", allow_none=True, minimum=1)
     if every is not None and checkpoint is None:
         raise InvalidArgumentError("checkpoint_every: needs checkpoint=path to know where to write")
@@ -229,6 +269,8 @@ def solve(
     nlp: AbstractNLPModel,
     solver: str | AbstractSolver = "lbfgs",
     *,
+    x0: Any = None,
+    state: Any = None,
     state_policy: StatePolicy | str | None = None,
     callback: Callable[[AbstractNLPModel, AbstractSolver, Stats], Any] | None = None,
     atol: float | None = None,
@@ -248,12 +290,20 @@ def solve(
             `LBFGSModel`, `LSR1Model`).
         solver: a registry name (`"r2"`, `"lbfgs"`, `"trunk"`, `"gd"`) or an instance
             (`snlp.solvers.LBFGS(mem=10)`, `snlp.solvers.Optax(optax.adam(1e-3))`).
+        x0: where this solve starts (default `nlp.x0`): a flat vector like
+            `stats.solution`, or a pytree shaped like the problem's variables. The
+            problem itself is not changed. Chaining solvers is two calls:
+            `solve(nlp, "lbfgs", x0=a.solution, state=a.state)`.
+        state: the state this solve starts from (default `nlp.state0`), shaped like
+            `nlp.state0`.
         state_policy: `"propagate"`, `"freeze"` or `"reject"` (or a `StatePolicy`);
             None picks the solver's default (`propagate` for one-step solvers, `freeze`
             otherwise). `propagate` with a multi-evaluation solver raises
             `IncompatibleStatePolicyError` before any evaluation.
         callback: `callback(nlp, solver, stats)` after every iteration; it may call
-            `nlp.next_batch()`; returning True stops with status `user`.
+            `nlp.next_batch()`. Returning a true boolean scalar (`True`, `np.True_`,
+            a 0-d bool array) stops with status `user`; None or False go on; any
+            other return value is an `InvalidTypeError`.
         atol: absolute tolerance: stop when ‖∇f(x)‖ ≤ atol + rtol·‖∇f(x0)‖
             (default: sqrt(eps) of the dtype).
         rtol: relative tolerance of the same test (default: sqrt(eps) of the dtype).
@@ -261,9 +311,15 @@ def solve(
         max_eval: limit on objective evaluations (`nlp.counters.obj` during the solve).
         max_time: time limit in seconds.
         verbose: print a log line every `verbose` iterations (0: quiet).
-        checkpoint: path of a checkpoint written at the end (and every
-            `checkpoint_every` iterations, and on KeyboardInterrupt).
-        resume: path of a checkpoint to continue from exactly.
+        checkpoint: path of a checkpoint written at the end, every
+            `checkpoint_every` iterations, and when the solve is interrupted by an
+            exception (from `fn`, the callback, or KeyboardInterrupt: the checkpoint
+            holds the last completed iteration, then the exception propagates). A
+            path that cannot be written is refused before any evaluation.
+        resume: path of a checkpoint to continue from exactly. It must have been
+            written by this problem, solver (with the same settings) and policy
+            (`CheckpointError` otherwise); f and ∇f at the resumed iterate are
+            checked against this problem before the solve goes on.
 
     Returns:
         A `Stats` with the status, solution, final state and counters.
@@ -296,6 +352,8 @@ def solve(
         ) from None
     solver_traits = _traits.of(solver)
     policy = _traits.resolve_policy(solver_traits, state_policy)
+    check_dtype_mode(nlp)
+    start = start_point(nlp, x0, state)
     hessian = getattr(nlp, "_hessian", None)
     if hessian is not None and not solver_traits.uses_hprod:
         raise InvalidArgumentError(
@@ -317,14 +375,24 @@ def solve(
         resume=resume,
     )
     program = Program(nlp._core, solver, policy, solver_traits.one_step_safe, hessian)
-    return _Solve(nlp, program, solver_traits, opts).run()
+    given = (x0 is not None, state is not None)
+    return _Solve(nlp, program, solver_traits, opts, (start, given)).run()
 
 
 class _Solve:
     """One call of `solve` on the host."""
 
-    def __init__(self, nlp: AbstractNLPModel, program: Program, traits: Any, opts: _Options):
+    def __init__(
+        self,
+        nlp: AbstractNLPModel,
+        program: Program,
+        traits: Any,
+        opts: _Options,
+        start: tuple[tuple[Any, Any], tuple[bool, bool]],
+    ):
+        """`start`: the checked `(x0, state)` and whether each was given to `solve`."""
         self.nlp = nlp
+        (self.x0, self.state0), self.start_given = start
         self.program = program
         self.traits = traits
         self.opts = opts
@@ -349,7 +417,7 @@ class _Solve:
         nlp, opts = self.nlp, self.opts
         memory = getattr(nlp, "memory", None) if self.program.hessian is not None else None
         tolerances = (np.asarray(opts.atol, nlp.dtype), np.asarray(opts.rtol, nlp.dtype))
-        return (nlp.x0, nlp.state0, tolerances, memory)
+        return (self.x0, self.state0, tolerances, memory)
 
     def _one_call(self) -> bool:
         """True when the whole solve is one device call (nothing for the host between)."""
@@ -501,59 +569,14 @@ class _Solve:
         nlp, program, opts = self.nlp, self.program, self.opts
         t0 = time.perf_counter()
         carry = self._carry0()
-        limits = (
-            np.int32(min(opts.max_iter, INT_MAX)),
-            np.int32(INT_MAX if opts.max_eval is None else min(opts.max_eval, INT_MAX)),
-        )
-        info = self._where(carry)
-        log = None
-        if opts.verbose:
-            shapes = jax.eval_shape(lambda c: program.solver.diagnostics(c.solver_state), carry)
-            log = _Log(program.policy, self.traits.name, tuple(shapes))
-            if not info.initialized:
-                # A first call with no step evaluates x0 for the log's first row.
-                carry, info = self._call(carry, 0, limits, info)
-            log.row(info, time.perf_counter() - t0 + self.previous_elapsed)
-        host_status: Status | None = None
-        per_iter: float | None = None
-        iter_now = info.iter
+        self.last = (carry, self._where(carry))
         try:
-            while True:
-                elapsed = time.perf_counter() - t0
-                n = self._chunk(iter_now, per_iter, elapsed)
-                tc = time.perf_counter()
-                carry, info = self._call(carry, n, limits, info)
-                steps = info.iter - iter_now
-                iter_now = info.iter
-                elapsed = time.perf_counter() - t0
-                if steps > 0:
-                    per_iter = (time.perf_counter() - tc) / steps
-                stopped = info.status != CONTINUE
-                if log is not None and steps > 0 and (stopped or iter_now % opts.verbose == 0):
-                    log.row(info, elapsed + self.previous_elapsed)
-                if stopped:
-                    break
-                if opts.callback is not None and steps > 0:
-                    snapshot = self._stats(carry, info, Status.UNKNOWN, elapsed, final=False)
-                    if opts.callback(nlp, program.solver, snapshot) is True:
-                        host_status = Status.USER
-                    if nlp._batch_version != self.version:
-                        self.version = nlp._batch_version
-                        self.batch_changed = True
-                over_time = opts.max_time is not None and (
-                    time.perf_counter() - t0 + self.previous_elapsed >= opts.max_time
-                )
-                if over_time and host_status is None:
-                    host_status = Status.MAX_TIME
-                if opts.checkpoint_every and steps > 0 and iter_now % opts.checkpoint_every == 0:
-                    self._save(carry, info, time.perf_counter() - t0, self.batch_changed)
-                if host_status is not None:
-                    break
-        except KeyboardInterrupt:
+            carry, info, host_status = self._loop(t0)
+        except BaseException:
+            # An exception from fn or the callback (or KeyboardInterrupt) leaves a
+            # checkpoint of the last completed iteration, then propagates unchanged.
             if opts.checkpoint is not None:
-                if carry is None:  # interrupted in the first call: nothing done yet
-                    carry = self.compiled.initial(*self._initial_args())
-                self._save(carry, info, time.perf_counter() - t0, self._pending_batch_change())
+                self._save_last(time.perf_counter() - t0)
             raise
         status = host_status or Status.from_code(info.status)
         elapsed = time.perf_counter() - t0
@@ -563,6 +586,73 @@ class _Solve:
         if program.hessian is not None:
             nlp.memory = carry.memory  # type: ignore[attr-defined]
         return stats
+
+    def _loop(self, t0: float) -> tuple[Carry, _Info, Status | None]:
+        """Device calls, log, callback and host limits until a stop; `self.last` follows."""
+        nlp, program, opts = self.nlp, self.program, self.opts
+        carry, info = self.last
+        limits = (
+            np.int32(min(opts.max_iter, INT_MAX)),
+            np.int32(INT_MAX if opts.max_eval is None else min(opts.max_eval, INT_MAX)),
+        )
+        log = None
+        if opts.verbose:
+            shapes = jax.eval_shape(lambda c: program.solver.diagnostics(c.solver_state), carry)
+            log = _Log(program.policy, self.traits.name, tuple(sorted(shapes)))
+            if not info.initialized:
+                # A first call with no step evaluates x0 for the log's first row.
+                carry, info = self.last = self._call(carry, 0, limits, info)
+            log.row(info, time.perf_counter() - t0 + self.previous_elapsed)
+        host_status: Status | None = None
+        per_iter: float | None = None
+        iter_now = info.iter
+        while True:
+            elapsed = time.perf_counter() - t0
+            n = self._chunk(iter_now, per_iter, elapsed)
+            tc = time.perf_counter()
+            carry, info = self.last = self._call(carry, n, limits, info)
+            steps = info.iter - iter_now
+            iter_now = info.iter
+            elapsed = time.perf_counter() - t0
+            if steps > 0:
+                per_iter = (time.perf_counter() - tc) / steps
+            stopped = info.status != CONTINUE
+            if log is not None and steps > 0 and (stopped or iter_now % opts.verbose == 0):
+                log.row(info, elapsed + self.previous_elapsed)
+            if stopped:
+                break
+            if opts.callback is not None and steps > 0:
+                snapshot = self._stats(carry, info, Status.UNKNOWN, elapsed, final=False)
+                if _wants_stop(opts.callback(nlp, program.solver, snapshot)):
+                    host_status = Status.USER
+                if nlp._batch_version != self.version:
+                    self.version = nlp._batch_version
+                    self.batch_changed = True
+            over_time = opts.max_time is not None and (
+                time.perf_counter() - t0 + self.previous_elapsed >= opts.max_time
+            )
+            if over_time and host_status is None:
+                host_status = Status.MAX_TIME
+            if opts.checkpoint_every and steps > 0 and iter_now % opts.checkpoint_every == 0:
+                self._save(carry, info, time.perf_counter() - t0, self.batch_changed)
+            if host_status is not None:
+                break
+        return carry, info, host_status
+
+    def _save_last(self, elapsed: float) -> None:
+        """Checkpoint the last completed iteration after an exception (best effort)."""
+        carry, info = self.last
+        try:
+            if carry is None:  # stopped in the first call: nothing done yet
+                carry = self.compiled.initial(*self._initial_args())
+            self._save(carry, info, elapsed, self._pending_batch_change())
+        except Exception as err:  # the user's exception matters more than ours
+            warnings.warn(
+                f"statefulnlp: could not write the checkpoint {self.opts.checkpoint!r} after "
+                f"the solve was interrupted ({type(err).__name__}: {err})",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def _save(self, carry: Carry, info: _Info, elapsed: float, batch_changed: bool) -> None:
         from .._checkpoint import save_checkpoint

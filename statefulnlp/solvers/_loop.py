@@ -293,7 +293,8 @@ def _settle(program: Program, before: Carry, c: Carry, max_iter) -> tuple[Carry,
         # status `exception`, whose final state is `state` (s_k), so s_k stands in.
         prev_point = dataclasses.replace(c.prev_point, state=c.prev_state)
         fallback = tree_select(keep_x, fallback, (c.prev_x, c.prev_state, prev_point))
-    here = tree_select(finite, (c.x, c.state, c.point), fallback)
+    # At x0 there is nothing to fall back to: the solve raises, showing what was found.
+    here = tree_select(finite | first, (c.x, c.state, c.point), fallback)
     c = dataclasses.replace(c, x=here[0], state=here[1], point=here[2])
     solver_status = program.solver.terminate(c.solver_state)
     status = jnp.where(
@@ -374,7 +375,8 @@ def info(program: Program, c: Carry) -> tuple[Int[Array, " k"], Float[Array, " m
         ]
     )
     diag = program.solver.diagnostics(c.solver_state)
-    floats = [c.point.f, safe_norm(c.point.g), *diag.values()]
+    # The log's columns are the diagnostics' names in sorted order (`log_columns`).
+    floats = [c.point.f, safe_norm(c.point.g), *(diag[k] for k in sorted(diag))]
     return ints, jnp.stack([jnp.asarray(v, c.x.dtype) for v in floats])
 
 
