@@ -11,7 +11,7 @@ import jax
 from jaxtyping import Array, Float
 
 from ._errors import InvalidArgumentError, InvalidTypeError
-from ._metrics import accuracy_over, count_hits, evaluation_data
+from ._metrics import REQUIRED, accuracy_over, count_hits, evaluation_data, required_state
 from ._problem import StatefulNLPModel, _as_vector
 from ._tree import PyTree, to_jax_tree
 
@@ -141,13 +141,21 @@ class EquinoxNLPModel(StatefulNLPModel):
         return eqx.combine(params, self._consts, self._static.tree())
 
     def accuracy(
-        self, x: Float[Array, " n"], state: PyTree = None, data: Any = None, *, chunk: int = 1024
+        self,
+        x: Float[Array, " n"],
+        state: PyTree = REQUIRED,
+        data: Any = None,
+        *,
+        chunk: int = 1024,
     ) -> float:
         """Fraction of samples whose `argmax(predict(...))` equals the label.
 
         `data` defaults to the `test_data` given at construction: an `(inputs,
         labels)` pair, a `DataLoader` over such pairs, or an iterable of pairs.
-        Labels are integer class indices (or one-hot rows). The model runs in
+        `state` is required (e.g. `stats.state`; None only for a model without
+        state): the BatchNorm statistics change the predictions. Labels are integer
+        class indices (or one-hot rows); `predict` must return `(samples, classes)`
+        logits. The model runs in
         inference mode (`eqx.nn.inference_mode`), in fixed-size chunks so that a
         large test set compiles once and fits in memory.
         """
@@ -157,7 +165,7 @@ class EquinoxNLPModel(StatefulNLPModel):
             data,
             self._test_data,
         )
-        state = self.state0 if state is None else state
+        state = required_state(state)
         if self._jit_correct is None:
             self._jit_correct = jax.jit(functools.partial(_count_correct, self._predict))
         model = eqx.nn.inference_mode(self.to_model(_as_vector(x, "x")))

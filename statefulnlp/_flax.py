@@ -19,7 +19,7 @@ except ImportError as err:  # pragma: no cover - exercised only without flax
 from jaxtyping import Array, Float
 
 from ._errors import InvalidArgumentError, InvalidTypeError
-from ._metrics import accuracy_over, count_hits, evaluation_data
+from ._metrics import REQUIRED, accuracy_over, count_hits, evaluation_data, required_state
 from ._problem import StatefulNLPModel, _as_vector
 from ._tree import PyTree
 
@@ -135,7 +135,12 @@ class FlaxNLPModel(StatefulNLPModel):
         return nnx.merge(self._graphdef, self.unflatten(x), state, copy=True)
 
     def accuracy(
-        self, x: Float[Array, " n"], state: PyTree = None, data: Any = None, *, chunk: int = 1024
+        self,
+        x: Float[Array, " n"],
+        state: PyTree = REQUIRED,
+        data: Any = None,
+        *,
+        chunk: int = 1024,
     ) -> float:
         """Fraction of samples whose `argmax(predict(model, inputs))` equals the label.
 
@@ -148,7 +153,7 @@ class FlaxNLPModel(StatefulNLPModel):
             data,
             self._test_data,
         )
-        state = self.state0 if state is None else state
+        state = required_state(state)
         if self._jit_correct is None:
             self._jit_correct = jax.jit(
                 functools.partial(_count_correct, self._predict, self._graphdef)

@@ -12,13 +12,48 @@ import numpy as np
 from ._data import DataLoader
 from ._errors import InvalidArgumentError, InvalidTypeError
 
-__all__ = ["accuracy_over", "count_hits", "evaluation_data"]
+__all__ = ["REQUIRED", "accuracy_over", "count_hits", "evaluation_data", "required_state"]
+
+#: The default of `accuracy`'s `state`: it must be given (BatchNorm statistics matter).
+REQUIRED: Any = object()
+
+
+def required_state(state: Any) -> Any:
+    """`state`, or a clear error when `accuracy` was called without one."""
+    if state is REQUIRED:
+        raise InvalidTypeError(
+            "state: accuracy(x, state) needs the state to evaluate with (e.g. stats.state "
+            "after a solve, or nlp.state0): BatchNorm statistics and other state change the "
+            "predictions; pass None only for a model without state"
+        )
+    return state
 
 
 def count_hits(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
-    """Number of unmasked rows whose argmax equals the label (class index or one-hot)."""
+    """Number of unmasked rows whose argmax equals the label (class index or one-hot).
+
+    Checked while tracing: `logits` must be `(samples, classes)` and `labels`
+    integer class indices `(samples,)` or one-hot rows `(samples, classes)`.
+    """
+    n = mask.shape[0]
+    if logits.ndim != 2 or logits.shape[0] != n:
+        raise InvalidArgumentError(
+            f"predict: must return logits of shape (samples, classes) = ({n}, classes), got "
+            f"shape {tuple(logits.shape)}; for a single output, return one column per class"
+        )
     if labels.ndim == 2:
+        if labels.shape != logits.shape:
+            raise InvalidArgumentError(
+                f"data: one-hot labels of shape {tuple(labels.shape)} do not match the logits' "
+                f"shape {tuple(logits.shape)}"
+            )
         labels = jnp.argmax(labels, axis=-1)
+    elif labels.ndim != 1 or not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise InvalidTypeError(
+            "data: labels must be integer class indices of shape (samples,) or one-hot rows "
+            f"of shape (samples, classes), got {labels.dtype} labels of shape "
+            f"{tuple(labels.shape)}; convert class labels with .astype(int)"
+        )
     return jnp.sum((jnp.argmax(logits, axis=-1) == labels) & mask)
 
 

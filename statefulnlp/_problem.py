@@ -367,6 +367,7 @@ class StatefulNLPModel(AbstractNLPModel):
             raise InvalidArgumentError("x0: contains NaN or infinite values")
         state = to_jax_tree(state, "state")
         self._mesh = _check_mesh(mesh)
+        _check_batch_list(data)
         self.__stream = make_stream(data)
         if self._mesh is not None:
             from ._sharding import ShardedStream
@@ -522,6 +523,37 @@ class _PlainFn(eqx.Module):
     def __call__(self, x, state, batch, consts):
         del consts
         return self.fn(x, state, batch)
+
+
+def _check_batch_list(data: Any) -> None:
+    """Refuse a list that is one batch written as a list (`[X, y]`), not a stream.
+
+    A list is a stream of batches, so its items must be batches of one structure
+    (leaf ranks and dtypes; the batch size may vary); `[X, y]` with X `(n, d)` and y `(n,)` is not, and the user's loss
+    would otherwise fail later on an unpacking error of its own.
+    """
+    if not isinstance(data, list) or len(data) < 2:
+        return
+
+    def kinds(sig: TreeSignature) -> tuple[Any, ...]:
+        # Batch sizes may differ (a smaller last batch); structure, ranks and dtypes not.
+        return (sig.treedef, *((len(leaf.shape), leaf.dtype) for leaf in sig.leaves))
+
+    first = signature(data[0])
+    for i, item in enumerate(data[1:], start=1):
+        other = signature(item)
+        if kinds(other) != kinds(first):
+            raise InvalidArgumentError(
+                "data: a list is read as a stream of batches, but its items are not batches "
+                f"of one structure (item 0 is {_describe_batch(first)}, item {i} is "
+                f"{_describe_batch(other)}); to pass one batch such as (X, y), use a tuple: "
+                "data=(X, y)"
+            )
+
+
+def _describe_batch(sig: TreeSignature) -> str:
+    specs = ", ".join(spec.describe() for spec in sig.leaves)
+    return f"[{specs}]" if len(sig.leaves) != 1 else specs
 
 
 def _check_mesh(mesh: Any) -> Any:

@@ -50,8 +50,34 @@ def signature(tree: PyTree) -> TreeSignature:
     """The signature of `tree` (works on arrays and on `jax.ShapeDtypeStruct`)."""
     with_path, treedef = jax.tree_util.tree_flatten_with_path(tree)
     leaves = tuple(LeafSpec(tuple(np.shape(x)), _leaf_dtype(x)) for _, x in with_path)
-    paths = tuple(jax.tree_util.keystr(p) for p, _ in with_path)
-    return TreeSignature(treedef, leaves, paths)
+    return TreeSignature(treedef, leaves, leaf_names(tree))
+
+
+def leaf_names(tree: PyTree) -> tuple[str, ...]:
+    """A readable name for every leaf of `tree`, in `tree_leaves` order.
+
+    Ordinary nodes use JAX's key paths (`['bn'].mean`); the entries of an
+    `eqx.nn.State` are named by their `StateIndex` (the path of the layer that owns
+    them in the model, e.g. `State['Sequential.layers[1].ema_state_index']`), where
+    JAX alone would only say `[<flat index 0>]`.
+    """
+
+    def is_state(node: Any) -> bool:
+        return isinstance(node, eqx.nn.State)
+
+    names: list[str] = []
+    for path, node in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_state)[0]:
+        prefix = jax.tree_util.keystr(path)
+        if not is_state(node):
+            names.append(prefix)
+            continue
+        values, markers = node.tree_flatten()
+        for marker, value in zip(markers, values):
+            inner = jax.tree_util.tree_flatten_with_path(value)[0]
+            names.extend(
+                f"{prefix}State[{str(marker)!r}]{jax.tree_util.keystr(p)}" for p, _ in inner
+            )
+    return tuple(names)
 
 
 def _leaf_dtype(x: Any) -> Any:

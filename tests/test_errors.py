@@ -5,6 +5,7 @@ Each case is (what to call, the builtin it must also be, words the message must 
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -120,7 +121,7 @@ CASES = {
         "model",
     ),
     "equinox loss not callable": (lambda: _eqx(loss=3), TypeError, "loss"),
-    "accuracy without predict": (lambda: _eqx().accuracy(_eqx().x0), ValueError, "predict"),
+    "accuracy without predict": (lambda: _eqx().accuracy(_eqx().x0, None), ValueError, "predict"),
     # methods
     "obj wrong length": (lambda: _nlp().obj(jnp.ones(4)), ValueError, "x"),
     "hprod wrong length v": (lambda: _nlp().hprod(jnp.ones(3), jnp.ones(2)), ValueError, "v"),
@@ -176,6 +177,55 @@ CASES = {
     "register non-solver": (lambda: traits.register(dict, one_step_safe=True), TypeError, "cls"),
     "traits of unknown name": (lambda: traits.of("newton"), KeyError, "solver"),
     "traits of a number": (lambda: traits.of(3.0), TypeError, "solver"),
+    # inputs that mean something else
+    "x0 with no element": (lambda: snlp.StatefulNLPModel(_pure, jnp.zeros(0)), ValueError, "x0"),
+    "data=[X, y] list": (
+        lambda: snlp.StatefulNLPModel(
+            _pure, jnp.ones(2), data=[np.ones((4, 3), np.float32), np.zeros(4, np.int32)]
+        ),
+        ValueError,
+        "data=(X, y)",
+    ),
+    "accuracy without state": (
+        lambda: _classifier().accuracy(_classifier().x0),
+        TypeError,
+        "state",
+    ),
+    "accuracy with 1-D predict": (
+        lambda: _classifier(predict=lambda m, s, X: jax.vmap(m)(X)[:, 0]).accuracy(
+            _classifier().x0, None
+        ),
+        ValueError,
+        "predict",
+    ),
+    "accuracy with float labels": (
+        lambda: _classifier().accuracy(_classifier().x0, None, (jnp.ones((3, 2)), jnp.zeros(3))),
+        TypeError,
+        "labels",
+    ),
+    # warm starts
+    "solve x0 wrong length": (_solve(x0=jnp.ones(4)), ValueError, "x0"),
+    "solve x0 wrong structure": (_solve(x0={"w": jnp.ones(3)}), ValueError, "x0"),
+    "solve x0 NaN": (_solve(x0=jnp.array([1.0, jnp.nan, 0.0])), ValueError, "x0"),
+    "solve x0 wrong dtype": (_solve(x0=np.ones(3, np.int32)), TypeError, "x0"),
+    "solve state wrong structure": (_solve(state={"a": jnp.ones(1)}), ValueError, "state"),
+    # callbacks and checkpoints
+    "callback returns a number": (_solve(callback=lambda *a: 1), TypeError, "callback"),
+    "callback returns a vector": (
+        _solve(callback=lambda *a: jnp.array([True, False])),
+        TypeError,
+        "callback",
+    ),
+    "checkpoint is a directory": (
+        lambda: snlp.solve(_nlp(), checkpoint="."),
+        ValueError,
+        "checkpoint",
+    ),
+    "checkpoint parent missing": (
+        lambda: snlp.solve(_nlp(), checkpoint="/nonexistent-dir/run.ckpt"),
+        ValueError,
+        "checkpoint",
+    ),
 }
 
 
@@ -183,9 +233,24 @@ def _ragged():
     nlp = snlp.StatefulNLPModel(
         lambda x, s, b: (jnp.sum(x) * jnp.sum(b), s),
         jnp.ones(2),
-        data=[jnp.ones(2), jnp.ones(2, jnp.int32)],
+        data=(b for b in [jnp.ones(2), jnp.ones(2, jnp.int32)]),
     )
     nlp.next_batch()
+
+
+def _classifier(predict=None):
+    import equinox as eqx
+    import jax
+
+    model = eqx.nn.Linear(2, 2, key=jax.random.key(0))
+    return snlp.EquinoxNLPModel(
+        model,
+        None,
+        lambda m, s, b: (jnp.sum(jax.vmap(m)(b[0]) ** 2), s),
+        (jnp.ones((3, 2)), jnp.zeros(3, jnp.int32)),
+        test_data=(jnp.ones((3, 2)), jnp.zeros(3, jnp.int32)),
+        predict=predict or (lambda m, s, X: jax.vmap(m)(X)),
+    )
 
 
 def _eqx(loss=None):

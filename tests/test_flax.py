@@ -147,4 +147,4 @@ def test_flax_errors():
         Net(nnx.Rngs(0)), ce_loss, (jnp.ones((4, 8, 8)), jnp.zeros(4, jnp.int32))
     )
     with pytest.raises(snlp.InvalidArgumentError, match="predict"):
-        nlp.accuracy(nlp.x0)
+        nlp.accuracy(nlp.x0, nlp.state0)

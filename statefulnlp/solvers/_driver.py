@@ -23,7 +23,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import traits as _traits
+from .._checkpoint import (
+    fingerprint,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+    settings,
+    tree_digest,
+)
 from .._errors import (
+    CheckpointError,
     InvalidArgumentError,
     InvalidTypeError,
     NonFiniteError,
@@ -31,7 +40,9 @@ from .._errors import (
     StateMutationError,
 )
 from .._problem import AbstractNLPModel, check_dtype_mode, start_point
+from .._sharding import agree, replicate
 from .._stats import Stats, Status
+from .._tree import signature
 from ..traits import StatePolicy
 from ._base import CONTINUE, AbstractSolver
 from ._loop import (
@@ -393,6 +404,7 @@ class _Solve:
         """`start`: the checked `(x0, state)` and whether each was given to `solve`."""
         self.nlp = nlp
         (self.x0, self.state0), self.start_given = start
+        self.identity: dict[str, Any] | None = None
         self.program = program
         self.traits = traits
         self.opts = opts
@@ -438,40 +450,91 @@ class _Solve:
         args = self._initial_args()
         if opts.resume is None:
             return self.compiled.initial(*args)
-        from .._checkpoint import load_checkpoint
 
         template = jax.eval_shape(lambda *a: initial_carry(program, *a), *args)
-        carry, meta = load_checkpoint(opts.resume, template, self._identity())
-        mesh = getattr(nlp, "mesh", None)
-        if mesh is not None:
-            from .._sharding import replicate
-
-            carry = replicate(carry, mesh)
+        # The problem's data position is restored first (the identity is checked on the
+        # batch the checkpoint saw) and put back if the checkpoint is refused.
+        stream = nlp._stream
+        before = stream.position()
+        try:
+            meta = read_meta(opts.resume)
+            if meta.get("data_position"):
+                stream.restore(meta["data_position"])
+            self._check_start(meta)
+            carry, meta = load_checkpoint(opts.resume, template, self._identity())
+            # Continue exactly as the interrupted run would have: same pending batch
+            # change, and the stop it recorded (a limit, say) is lifted.
+            self.batch_changed = bool(meta.get("batch_changed", False))
+            self._verify_point(carry)
+        except BaseException:
+            if before:
+                stream.restore(before)
+            raise
         self.previous_elapsed = float(meta.get("elapsed_time", 0.0))
-        position = meta.get("data_position")
-        if position:
-            nlp._stream.restore(position)
         self.counted = {k: int(meta["counters"][k]) for k in ("obj", "grad", "hprod")}
-        # Continue exactly as the interrupted run would have: same pending batch
-        # change, and the stop it recorded (a limit, say) is lifted.
-        self.batch_changed = bool(meta.get("batch_changed", False))
-        return dataclasses.replace(
+        carry = dataclasses.replace(
             carry,
             status=jnp.asarray(CONTINUE, jnp.int32),
             stop_after_eval=jnp.asarray(False),
         )
+        mesh = getattr(nlp, "mesh", None)  # every leaf on the mesh, as a fresh carry's
+        return carry if mesh is None else replicate(carry, mesh)
+
+    def _check_start(self, meta: dict[str, Any]) -> None:
+        """An explicit `x0=`/`state=` must be where the checkpointed solve started."""
+
+        for name, given, value in (
+            ("x0", self.start_given[0], self.x0),
+            ("state", self.start_given[1], self.state0),
+        ):
+            if given and meta.get(f"start_{name}") != tree_digest(value):
+                raise CheckpointError(
+                    f"resume: the checkpointed solve did not start from the {name} given here; "
+                    f"pass the same {name} as the interrupted solve, or none"
+                )
+
+    def _verify_point(self, carry: Carry) -> None:
+        """f and ∇f stored for the resumed iterate must be those of this problem."""
+        info = _read(info_of(self.program, carry))
+        if not (info.fresh and info.evaluated) or self.batch_changed:
+            return  # the loop evaluates x again before it uses anything
+        f, gnorm = (float(v) for v in self.compiled.final(carry, self._inputs()))
+        self.nlp.counters.add(obj=1, grad=1)
+        rel = math.sqrt(float(jnp.finfo(self.nlp.dtype).eps))
+        tol = float(jax.device_get(carry.tol))
+        f_ok = abs(f - info.f) <= rel * max(abs(f), abs(info.f)) + rel**2
+        g_ok = abs(gnorm - info.gnorm) <= rel * max(gnorm, info.gnorm) + tol
+        if not (f_ok and g_ok):
+            raise CheckpointError(
+                "resume: the checkpoint does not belong to this problem: at its iterate this "
+                f"problem has f = {f:.6g} and ‖∇f‖ = {gnorm:.3g}, but the checkpoint recorded "
+                f"f = {info.f:.6g} and ‖∇f‖ = {info.gnorm:.3g} (other data or another objective?)"
+            )
+
+    def _inputs(self) -> Inputs:
+        return Inputs(self.nlp._stream.current(), self.nlp._consts)
 
     def _identity(self) -> dict[str, Any]:
-        """What a checkpoint must match to be resumed by this solve."""
-        nlp = self.nlp
-        return {
-            "nvar": nlp.nvar,
-            "dtype": str(nlp.dtype),
-            "solver": self.traits.name,
-            "solver_repr": repr(self.program.solver),
-            "state_policy": self.program.policy.value,
-            "data_kind": nlp._stream.kind,
-        }
+        """What a checkpoint must match to be resumed by this solve (see `IDENTITY`).
+
+        Computed once per solve, on the batch current at its start (or, when
+        resuming, the checkpoint's batch): a later batch may be one fn rejects.
+        """
+        if self.identity is None:
+            nlp = self.nlp
+            inputs = self._inputs()
+            args = (self.x0, self.state0, inputs.batch, inputs.consts)
+            self.identity = {
+                "nvar": nlp.nvar,
+                "dtype": str(nlp.dtype),
+                "solver": self.traits.name,
+                "solver_settings": settings(self.program.solver),
+                "state_policy": self.program.policy.value,
+                "data_kind": nlp._stream.kind,
+                "problem": fingerprint(self.program.core.value, *args),
+                "problem_batch": str(signature(inputs.batch).leaves),
+            }
+        return self.identity
 
     # -- errors found on the device -------------------------------------------------
     def _raise_internal(self, info: _Info, carry: Carry) -> None:
@@ -514,6 +577,7 @@ class _Solve:
         if opts.max_time is not None:
             target = min(0.25, max(opts.max_time - elapsed, 0.0) / 2)
             n = min(n, 1 if per_iter is None else max(1, int(target / max(per_iter, 1e-7))))
+            (n,) = agree((n,))  # multi-process: process 0's clock decides for all
         return max(n, 1)
 
     def _call(
@@ -527,8 +591,7 @@ class _Solve:
         program (XLA on CPU runs convolutions in loop bodies far slower than at the
         top level); the limits are then checked here. Without one, a `while_loop`.
         """
-        nlp = self.nlp
-        inputs = Inputs(nlp._stream.current(), nlp._consts)
+        inputs = self._inputs()
         new: Carry
         if carry is not None and self.opts.callback is not None:
             if last.initialized:
@@ -570,6 +633,8 @@ class _Solve:
         t0 = time.perf_counter()
         carry = self._carry0()
         self.last = (carry, self._where(carry))
+        if opts.checkpoint is not None:
+            self._identity()  # on the batch this solve starts with
         try:
             carry, info, host_status = self._loop(t0)
         except BaseException:
@@ -628,9 +693,10 @@ class _Solve:
                 if nlp._batch_version != self.version:
                     self.version = nlp._batch_version
                     self.batch_changed = True
-            over_time = opts.max_time is not None and (
-                time.perf_counter() - t0 + self.previous_elapsed >= opts.max_time
-            )
+            over_time = (
+                opts.max_time is not None
+                and agree((time.perf_counter() - t0 + self.previous_elapsed >= opts.max_time,))[0]
+            )  # multi-process: process 0's clock decides for all
             if over_time and host_status is None:
                 host_status = Status.MAX_TIME
             if opts.checkpoint_every and steps > 0 and iter_now % opts.checkpoint_every == 0:
@@ -655,10 +721,11 @@ class _Solve:
             )
 
     def _save(self, carry: Carry, info: _Info, elapsed: float, batch_changed: bool) -> None:
-        from .._checkpoint import save_checkpoint
 
         meta = dict(self._identity())
         meta.update(
+            start_x0=tree_digest(self.x0),
+            start_state=tree_digest(self.state0),
             iter=info.iter,
             counters=info.counters,
             elapsed_time=elapsed + self.previous_elapsed,
@@ -678,9 +745,7 @@ class _Solve:
         if final and not info.evaluated:
             # One-step solvers stopped by a limit: one extra counted evaluation at the
             # final iterate; its new state is discarded.
-            f, gnorm = self.compiled.final(
-                carry, Inputs(self.nlp._stream.current(), self.nlp._consts)
-            )
+            f, gnorm = self.compiled.final(carry, self._inputs())
             objective, dual = float(f), float(gnorm)
             self.nlp.counters.add(obj=1, grad=1)
             counters["obj"] += 1
