@@ -67,11 +67,6 @@ class Tally(eqx.Module):
     def add(self, obj: Any = 0, grad: Any = 0, hprod: Any = 0) -> Tally:
         return Tally(self.obj + obj, self.grad + grad, self.hprod + hprod, self.mutated)
 
-    @property
-    def evaluations(self) -> Int[Array, ""]:
-        """Function evaluations of any kind (a one-step solver makes exactly one)."""
-        return self.obj + jnp.maximum(self.grad - self.obj, 0) + self.hprod
-
 
 class Oracle(eqx.Module):
     """The frozen function f_k of one iteration: `(x) -> f, grad, H v` under s_k, B_k.

@@ -21,7 +21,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ._data import _Stream, make_stream
-from ._errors import InvalidArgumentError, InvalidTypeError, NonFiniteError
+from ._errors import InvalidArgumentError, InvalidTypeError
 from ._tree import (
     Flattener,
     PyTree,
@@ -575,14 +575,6 @@ def _check_mesh(mesh: Any) -> Any:
     from jax.sharding import AxisType
 
     return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
-
-
-def check_finite_start(f: Any, g: Any) -> None:
-    """Raise `NonFiniteError` if the objective or gradient at x0 is not finite."""
-    if not np.isfinite(float(f)):
-        raise NonFiniteError(f"the objective at x0 is not finite (f = {float(f)}); check x0 and fn")
-    if not bool(np.all(np.isfinite(np.asarray(g)))):
-        raise NonFiniteError("the gradient at x0 contains NaN or infinite values; check x0 and fn")
 
 
 def check_dtype_mode(nlp: AbstractNLPModel) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -52,8 +52,8 @@ class AbstractSolver(eqx.Module, Generic[SolverState]):
     through its loops, and reports the `Evaluation` of its accepted point. The
     driver enforces the state policy, the stopping test and the limits.
 
-    Subclasses implement `init`, `step` and (optionally) `terminate`, set
-    `provides_evaluation`, and are registered with `statefulnlp.traits.register`.
+    Subclasses implement `init`, `step` and (optionally) `terminate`, and are
+    registered with `statefulnlp.traits.register` (one-step safe or not).
     Configuration fields must be hashable Python values (the solver is a static
     argument of the compiled loop).
 
@@ -81,10 +81,6 @@ class AbstractSolver(eqx.Module, Generic[SolverState]):
         assert snlp.solve(nlp, Momentum(), max_iter=500).status == "first_order"
         ```
     """
-
-    #: True if `step` returns the Evaluation at the new iterate (multi-evaluation
-    #: solvers); False if the solver's only evaluation is the driver's one at x_k.
-    provides_evaluation: ClassVar[bool] = True
 
     @abc.abstractmethod
     def init(self, point: Evaluation) -> SolverState:
