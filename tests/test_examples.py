@@ -6,6 +6,7 @@ import importlib
 import os
 import sys
 
+import jax
 import pytest
 from test_datasets import write_mnist
 
@@ -73,3 +74,18 @@ def test_flax_digits(examples, tmp_path):
     pytest.importorskip("flax")
     result = examples("flax_digits").main(["--quick", "--out", str(tmp_path)])
     assert 0.0 <= result["accuracy"] <= 1.0
+
+
+def test_pinn_quick(examples, tmp_path, capsys):
+    x64_before = jax.config.jax_enable_x64
+    result = examples("pinn").main(["--quick", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("relative L2 error: ")
+    error = float(last.removeprefix("relative L2 error: "))
+    assert error <= 5e-2
+    assert error == pytest.approx(result["error"], rel=1e-3)
+    # Adam under propagate, then L-BFGS (warm-started) under freeze, in float64
+    assert "float64" in out and "under propagate" in out and "under freeze" in out
+    assert jax.config.jax_enable_x64 == x64_before  # x64 does not leak into this process
+    assert (tmp_path / "pinn_adam_lbfgs.png").stat().st_size > 10_000
