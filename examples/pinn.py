@@ -187,7 +187,7 @@ DEFAULTS = {
 
 
 def arguments(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
 
     def option(name: str, kind: type, what: str) -> None:
         full, quick = DEFAULTS[name.replace("-", "_")]

@@ -77,7 +77,7 @@ def test_flax_digits(examples, tmp_path):
 
 
 def test_pinn_quick(examples, tmp_path, capsys):
-    x64_before = jax.config.jax_enable_x64
+    x64_before = jax.config.read("jax_enable_x64")
     result = examples("pinn").main(["--quick", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     last = out.strip().splitlines()[-1]
@@ -87,5 +87,5 @@ def test_pinn_quick(examples, tmp_path, capsys):
     assert error == pytest.approx(result["error"], rel=1e-3)
     # Adam under propagate, then L-BFGS (warm-started) under freeze, in float64
     assert "float64" in out and "under propagate" in out and "under freeze" in out
-    assert jax.config.jax_enable_x64 == x64_before  # x64 does not leak into this process
+    assert jax.config.read("jax_enable_x64") == x64_before  # x64 does not leak into this process
     assert (tmp_path / "pinn_adam_lbfgs.png").stat().st_size > 10_000
