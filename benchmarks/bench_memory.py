@@ -47,11 +47,11 @@ def lbfgs_memory(n: int, mem: int) -> dict:
         return 0.5 * jnp.sum(jnp.arange(1, n + 1, dtype=x.dtype) * x**2), s
 
     nlp = snlp.StatefulNLPModel(fn, jnp.ones(n, jnp.float32))
-    program = Program(nlp._core, snlp.solvers.LBFGS(mem=mem), snlp.StatePolicy.FREEZE, False, None)
+    program = Program(nlp.objective, snlp.solvers.LBFGS(mem=mem), snlp.StatePolicy.FREEZE, False, None)
     tol = (np.float32(1e-6), np.float32(0.0))
     jitted = compiled(program)
     carry = jitted.initial(nlp.x0, nlp.state0, tol, None)
-    inputs = Inputs(None, nlp._consts)
+    inputs = Inputs(None, nlp.consts)
     control = Control(np.int32(10), np.int32(10), np.int32(100), np.bool_(False))
     lowered = jitted.run.lower(carry, inputs, control)
     a = analysis(lowered.compile())
@@ -71,7 +71,7 @@ def hvp_vs_grad() -> dict:
     state = (bn_state, jax.random.key(1))
     nlp = snlp.EquinoxNLPModel(model, state, loss, batch)
     x, v = nlp.x0, jnp.ones(nlp.nvar)
-    consts = nlp._consts
+    consts = nlp.consts
     grad = analysis(nlp._jit_objgrad.lower(x, state, batch, consts).compile())
     hvp = analysis(nlp._jit_hprod.lower(x, v, state, batch, consts).compile())
     return {

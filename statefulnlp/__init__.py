@@ -36,7 +36,7 @@ from ._errors import (
     UnknownNameError,
 )
 from ._evaluate import Evaluation, Oracle
-from ._problem import AbstractNLPModel, Counters, StatefulNLPModel
+from ._problem import AbstractNLPModel, Counters, Objective, StatefulNLPModel
 from ._quasi_newton import LBFGSModel, LSR1Model
 from ._stats import Stats, Status
 from .solvers import solve
@@ -63,6 +63,7 @@ __all__ = [
     "LBFGSModel",
     "LSR1Model",
     "NonFiniteError",
+    "Objective",
     "Oracle",
     "SolverTraitError",
     "SolverTraits",

@@ -23,7 +23,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from ._problem import _Core
+from ._problem import Objective
 from ._tree import PyTree, changed_mask
 
 __all__ = ["Evaluation", "Oracle", "Tally"]
@@ -113,7 +113,7 @@ class Oracle(eqx.Module):
         ```
     """
 
-    core: _Core = eqx.field(static=True)
+    core: Objective = eqx.field(static=True)
     state: PyTree
     batch: PyTree
     consts: PyTree

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._data import _Stream, make_stream
+from ._data import make_stream
 from ._errors import InvalidArgumentError, InvalidTypeError
 from ._tree import (
     Flattener,
@@ -33,7 +33,7 @@ from ._tree import (
     to_jax_tree,
 )
 
-__all__ = ["AbstractNLPModel", "Counters", "StatefulNLPModel"]
+__all__ = ["AbstractNLPModel", "Counters", "Objective", "StatefulNLPModel"]
 
 _MISSING: Any = object()
 
@@ -86,12 +86,28 @@ class TraceCounts(dict):
         self[name] = self.get(name, 0) + 1
 
 
-class _Core(eqx.Module):
-    """The pure numerical core of a problem. Hashable: a static argument of `jit`.
+class Objective(eqx.Module):
+    """A problem's pure function, seen on one flat vector. Hashable (a static of `jit`).
 
-    `fn(tree_x, state, batch, consts) -> (loss, new_state)`. `consts` are arrays
-    that are neither variables nor state (e.g. integer buffers of a model); they
-    are passed as a dynamic argument so they are not baked into the compiled code.
+    `fn(tree_x, state, batch, consts) -> (loss, new_state)`, where `tree_x` has
+    the structure of the problem's variables. `consts` are arrays that are
+    neither variables nor state (e.g. integer buffers of a model); they are
+    passed as a dynamic argument so they are not baked into the compiled code.
+    `value`, `value_and_grad` and `hvp` evaluate it at a flat `x`, checking the
+    inputs and the returned loss and state while tracing.
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        import statefulnlp as snlp
+
+        objective = snlp.Objective.from_function(
+            lambda x, state, batch: (jnp.sum((x["w"] - batch) ** 2), state),
+            {"w": jnp.zeros(2)},
+        )
+        f, g, _ = objective.value_and_grad(jnp.zeros(2), None, jnp.ones(2), None)
+        assert float(f) == 2.0 and objective.nvar == 2
+        ```
     """
 
     fn: Callable[..., Any]
@@ -99,6 +115,19 @@ class _Core(eqx.Module):
     state_sig: TreeSignature = eqx.field(static=True)
     name: str = eqx.field(static=True)
     traces: TraceCounts = eqx.field(static=True)
+
+    @classmethod
+    def from_function(
+        cls,
+        fn: Callable[[PyTree, PyTree, PyTree], tuple[Any, PyTree]],
+        x0: PyTree,
+        state: PyTree = None,
+    ) -> Objective:
+        """The objective of `fn(x, state, batch) -> (loss, new_state)` for variables shaped like `x0`."""
+        if not callable(fn):
+            raise InvalidTypeError(f"fn: expected a callable, got {type(fn).__name__}")
+        flat = make_flattener(to_jax_tree(x0, "x0"), "x0")
+        return cls(_PlainFn(fn), flat, signature(to_jax_tree(state, "state")), "fn", TraceCounts())
 
     @property
     def dtype(self) -> Any:
@@ -186,23 +215,23 @@ class _Core(eqx.Module):
 
 
 # Traced implementations bound to one core (the counters make retracing visible).
-def _obj_impl(core: _Core, x, state, batch, consts):
+def _obj_impl(core: Objective, x, state, batch, consts):
     core.traces.bump("obj")
     return core.value(x, state, batch, consts)
 
 
-def _objgrad_impl(core: _Core, x, state, batch, consts):
+def _objgrad_impl(core: Objective, x, state, batch, consts):
     core.traces.bump("objgrad")
     return core.value_and_grad(x, state, batch, consts)
 
 
-def _grad_impl(core: _Core, x, state, batch, consts):
+def _grad_impl(core: Objective, x, state, batch, consts):
     core.traces.bump("grad")
     _, g, new_state = core.value_and_grad(x, state, batch, consts)
     return g, new_state
 
 
-def _hprod_impl(core: _Core, x, v, state, batch, consts):
+def _hprod_impl(core: Objective, x, v, state, batch, consts):
     core.traces.bump("hprod")
     return core.hvp(x, v, state, batch, consts)
 
@@ -217,83 +246,219 @@ def _as_vector(x: Any, name: str) -> jax.Array:
 
 
 class AbstractNLPModel:
-    """What every problem offers to the solvers (see `StatefulNLPModel`).
+    """The problem protocol: everything `solve` reads from a problem.
 
-    `StatefulNLPModel` and its model wrappers, and the quasi-Newton models, are
-    problems; `solve` accepts any of them.
+    `StatefulNLPModel`, `EquinoxNLPModel`, `FlaxNLPModel` and the quasi-Newton
+    models implement it, and so can a class of your own. A problem provides:
+
+    * `x0` (flat float vector), `state0` (any pytree, None allowed) and
+      `counters` (a `Counters`, set in `__init__`);
+    * `objective`: an `Objective`, the problem's pure function of
+      `(x, state, batch, consts)` (build one with `Objective.from_function`);
+    * `batch`: the current minibatch (what the objective receives), and
+      `batch_version`: an int that changes whenever `batch` changes;
+    * `next_batch()`: advance the minibatch (it may do nothing).
+
+    Optional members, with defaults here: `consts` (arrays the objective reads
+    besides x, state and batch; None), `hessian` (a quasi-Newton operator whose
+    products replace the exact Hessian-vector products, with its pair memory in
+    `memory`; None), `mesh` (None), and what checkpoints need to resume the data
+    stream exactly: `data_kind`, `exact_resume`, `data_position()`,
+    `restore_data_position(position)`. The evaluations `obj`, `grad`, `objgrad`
+    and `hprod` are provided from these members.
 
     Example:
         ```python
         import jax.numpy as jnp
         import statefulnlp as snlp
 
-        nlp = snlp.StatefulNLPModel(lambda x, s, b: (jnp.sum(x ** 2), s), jnp.ones(2))
-        assert isinstance(nlp, snlp.AbstractNLPModel)
-        assert isinstance(snlp.LSR1Model(nlp), snlp.AbstractNLPModel)
+        class LeastSquares(snlp.AbstractNLPModel):
+            # Pure least squares; the state counts evaluations.
+
+            def __init__(self, A, b):
+                super().__init__()
+                self.A, self.b = A, b
+                self._objective = snlp.Objective.from_function(
+                    self.loss, jnp.zeros(A.shape[1]), jnp.int32(0)
+                )
+
+            def loss(self, x, state, batch):
+                return jnp.sum((self.A @ x - self.b) ** 2), state + 1
+
+            objective = property(lambda self: self._objective)
+            x0 = property(lambda self: jnp.zeros(self.A.shape[1]))
+            state0 = property(lambda self: jnp.int32(0))
+            batch = property(lambda self: None)
+            batch_version = property(lambda self: 0)
+
+            def next_batch(self):
+                pass
+
+        problem = LeastSquares(jnp.eye(3), jnp.arange(3.0))
+        stats = snlp.solve(problem, "trunk")
+        assert stats.status == "first_order" and int(stats.state) >= 1
         ```
     """
 
     counters: Counters
+    memory: PyTree = None
 
-    # The parts `solve` needs; subclasses provide them.
-    @property
-    def _core(self) -> _Core:
-        raise NotImplementedError
+    def __init__(self) -> None:
+        self.counters = Counters()
 
-    @property
-    def _consts(self) -> PyTree:
-        raise NotImplementedError
-
-    @property
-    def _stream(self) -> _Stream:
-        raise NotImplementedError
-
-    @property
-    def _batch_version(self) -> int:
-        raise NotImplementedError
-
+    # -- required ---------------------------------------------------------------
     @property
     def x0(self) -> Float[Array, " n"]:
-        raise NotImplementedError
+        """The initial variables as one flat float vector."""
+        raise NotImplementedError(f"{type(self).__name__} must define x0")
 
     @property
     def state0(self) -> PyTree:
-        raise NotImplementedError
+        """The initial state (any pytree, possibly None)."""
+        raise NotImplementedError(f"{type(self).__name__} must define state0")
 
     @property
+    def objective(self) -> Objective:
+        """The problem's pure function (an `Objective`)."""
+        raise NotImplementedError(f"{type(self).__name__} must define objective")
+
+    @property
+    def batch(self) -> PyTree:
+        """The current training minibatch (what the objective receives)."""
+        raise NotImplementedError(f"{type(self).__name__} must define batch")
+
+    @property
+    def batch_version(self) -> int:
+        """A number that changes whenever `batch` changes."""
+        raise NotImplementedError(f"{type(self).__name__} must define batch_version")
+
+    def next_batch(self) -> None:
+        """Advance the training minibatch."""
+        raise NotImplementedError(f"{type(self).__name__} must define next_batch")
+
+    # -- optional ---------------------------------------------------------------
+    @property
+    def consts(self) -> PyTree:
+        """Arrays the objective reads besides x, state and batch (passed, not baked in)."""
+        return None
+
+    @property
+    def hessian(self) -> Any:
+        """A quasi-Newton operator replacing exact Hessian-vector products, or None."""
+        return None
+
+    @property
+    def mesh(self) -> Any:
+        """The `jax.sharding.Mesh` the batches are sharded over, or None."""
+        return None
+
+    @property
+    def data_kind(self) -> str:
+        """What kind of data the problem reads (recorded in checkpoints)."""
+        return "custom"
+
+    @property
+    def exact_resume(self) -> bool:
+        """Whether `restore_data_position` brings back the exact same batches."""
+        return False
+
+    def data_position(self) -> Any:
+        """Where the data stream is (JSON-serializable), for checkpoints; None if unknown."""
+        return None
+
+    def restore_data_position(self, position: Any) -> None:
+        """Go back to a position returned by `data_position`."""
+        del position
+
+    # -- derived ----------------------------------------------------------------
+    @property
     def nvar(self) -> int:
-        return self._core.nvar
+        """The number of variables."""
+        return self.objective.nvar
 
     @property
     def dtype(self) -> Any:
         """The dtype of the flat variables (the `result_type` of the leaves)."""
-        return self._core.dtype
+        return self.objective.dtype
 
-    @property
-    def batch(self) -> PyTree:
-        """The current training minibatch (what `fn` receives)."""
-        return self._stream.current()
+    def _evaluator(self, name: str) -> Callable[..., Any]:
+        # One jitted function per problem and kind, compiled once per shape/dtype.
+        cache = self.__dict__.setdefault("_jitted", {})
+        if name not in cache:
+            impl = {"obj": _obj_impl, "objgrad": _objgrad_impl, "grad": _grad_impl}.get(
+                name, _hprod_impl
+            )
+            cache[name] = jax.jit(functools.partial(impl, self.objective))
+        return cache[name]
+
+    def _state_arg(self, state: PyTree) -> PyTree:
+        return self.state0 if state is _MISSING else state
 
     def obj(self, x: Float[Array, " n"], state: PyTree = _MISSING) -> tuple[Array, PyTree]:
-        raise NotImplementedError
+        """`(f, new_state)` on the current minibatch. `state` defaults to `state0`."""
+        out = self._evaluator("obj")(
+            _as_vector(x, "x"), self._state_arg(state), self.batch, self.consts
+        )
+        self.counters.obj += 1
+        return out
 
     def grad(self, x: Float[Array, " n"], state: PyTree = _MISSING) -> tuple[Array, PyTree]:
-        raise NotImplementedError
+        """`(g, new_state)` on the current minibatch."""
+        out = self._evaluator("grad")(
+            _as_vector(x, "x"), self._state_arg(state), self.batch, self.consts
+        )
+        self.counters.grad += 1
+        return out
 
     def objgrad(
         self, x: Float[Array, " n"], state: PyTree = _MISSING
     ) -> tuple[Array, Array, PyTree]:
-        raise NotImplementedError
+        """`(f, g, new_state)` from one forward and one backward pass."""
+        out = self._evaluator("objgrad")(
+            _as_vector(x, "x"), self._state_arg(state), self.batch, self.consts
+        )
+        self.counters.obj += 1
+        self.counters.grad += 1
+        return out
 
     def hprod(
         self, x: Float[Array, " n"], v: Float[Array, " n"], state: PyTree = _MISSING
     ) -> tuple[Array, PyTree]:
-        raise NotImplementedError
+        """`(H(x) v, new_state)`: the exact Hessian-vector product (forward-over-reverse)."""
+        out = self._evaluator("hprod")(
+            _as_vector(x, "x"),
+            _as_vector(v, "v"),
+            self._state_arg(state),
+            self.batch,
+            self.consts,
+        )
+        self.counters.hprod += 1
+        return out
 
-    def next_batch(self) -> None:
-        raise NotImplementedError
+    def unflatten(self, x: Float[Array, " n"]) -> PyTree:
+        """The variables `x` in the structure (and leaf dtypes) of the original `x0`."""
+        x = _as_vector(x, "x")
+        self.objective._check_inputs(x, self.state0)
+        return self.objective.flat.unflatten(x)
+
+    def flatten(self, tree: PyTree) -> Float[Array, " n"]:
+        """The flat vector of a pytree with the structure of the original `x0`."""
+        sig = signature(tree)
+        flat = self.objective.flat
+        if sig.treedef != flat.treedef or tuple(s.shape for s in sig.leaves) != flat.shapes:
+            raise InvalidArgumentError(
+                "tree: expected a pytree with the structure and shapes of x0"
+            )
+        for path, spec, dtype in zip(sig.paths, sig.leaves, flat.dtypes):
+            if jnp.dtype(spec.dtype) != jnp.dtype(dtype):
+                raise InvalidTypeError(
+                    f"tree: leaf {path or '<root>'} has dtype {jnp.dtype(spec.dtype).name}, "
+                    f"expected {jnp.dtype(dtype).name} (the dtype of that leaf in x0)"
+                )
+        return flat.flatten(tree)
 
     def reset_counters(self) -> None:
+        """Set all evaluation counters back to zero."""
         self.counters.reset()
 
 
@@ -356,6 +521,7 @@ class StatefulNLPModel(AbstractNLPModel):
         name: str,
         mesh: Any,
     ) -> None:
+        super().__init__()
         x0_tree = to_jax_tree(x0, "x0")
         flat = make_flattener(x0_tree, "x0")
         x0_flat = flat.flatten(x0_tree)
@@ -368,60 +534,53 @@ class StatefulNLPModel(AbstractNLPModel):
         state = to_jax_tree(state, "state")
         self._mesh = _check_mesh(mesh)
         _check_batch_list(data)
-        self.__stream = make_stream(data)
+        self._stream = make_stream(data)
         if self._mesh is not None:
             from ._sharding import ShardedStream
 
-            self.__stream = ShardedStream(self.__stream, self._mesh)
-        self.__core = _Core(fn, flat, signature(state), name, TraceCounts())
-        self.__consts = consts
+            self._stream = ShardedStream(self._stream, self._mesh)
+        self._objective = Objective(fn, flat, signature(state), name, TraceCounts())
+        self._consts = consts
         if self._mesh is not None:
             from ._sharding import replicate
 
-            x0_flat, state, self.__consts = replicate((x0_flat, state, self.__consts), self._mesh)
-        self.__x0 = x0_flat
-        self.__state0 = state
-        self.__version = 0
-        self.counters = Counters()
+            x0_flat, state, self._consts = replicate((x0_flat, state, self._consts), self._mesh)
+        self._x0 = x0_flat
+        self._state0 = state
+        self._version = 0
         self._check_fn()
-        core = self.__core
-        self._jit_obj = jax.jit(functools.partial(_obj_impl, core))
-        self._jit_objgrad = jax.jit(functools.partial(_objgrad_impl, core))
-        self._jit_grad = jax.jit(functools.partial(_grad_impl, core))
-        self._jit_hprod = jax.jit(functools.partial(_hprod_impl, core))
 
     def _check_fn(self) -> None:
         """Trace `fn` once (no compilation) so a bad return value is reported now."""
-        core = self.__core
-        jax.eval_shape(core.value, self.__x0, self.__state0, self.__stream.current(), self.__consts)
+        jax.eval_shape(self._objective.value, self._x0, self._state0, self.batch, self._consts)
 
-    # -- the parts `solve` uses -------------------------------------------------
+    # -- the protocol -----------------------------------------------------------
     @property
-    def _core(self) -> _Core:
-        return self.__core
-
-    @property
-    def _consts(self) -> PyTree:
-        return self.__consts
+    def objective(self) -> Objective:
+        return self._objective
 
     @property
-    def _stream(self) -> _Stream:
-        return self.__stream
+    def consts(self) -> PyTree:
+        return self._consts
 
     @property
-    def _batch_version(self) -> int:
-        return self.__version
+    def batch(self) -> PyTree:
+        """The current training minibatch (what `fn` receives)."""
+        return self._stream.current()
 
-    # -- public API -------------------------------------------------------------
+    @property
+    def batch_version(self) -> int:
+        return self._version
+
     @property
     def x0(self) -> Float[Array, " n"]:
         """The initial variables as one flat vector."""
-        return self.__x0
+        return self._x0
 
     @property
     def state0(self) -> PyTree:
         """The initial state (any pytree, possibly None)."""
-        return self.__state0
+        return self._state0
 
     @property
     def mesh(self) -> Any:
@@ -429,89 +588,32 @@ class StatefulNLPModel(AbstractNLPModel):
         return self._mesh
 
     @property
+    def data_kind(self) -> str:
+        return self._stream.kind
+
+    @property
+    def exact_resume(self) -> bool:
+        return self._stream.exact_resume
+
+    def data_position(self) -> Any:
+        return self._stream.position()
+
+    def restore_data_position(self, position: Any) -> None:
+        self._stream.restore(position)
+
+    @property
     def trace_counts(self) -> dict[str, int]:
         """How many times `obj`/`objgrad`/`grad`/`hprod` were traced (compiled)."""
-        return dict(self.__core.traces)
-
-    def unflatten(self, x: Float[Array, " n"]) -> PyTree:
-        """The variables `x` in the structure (and leaf dtypes) of the original `x0`."""
-        x = _as_vector(x, "x")
-        self.__core._check_inputs(x, self.__state0)
-        return self.__core.flat.unflatten(x)
-
-    def flatten(self, tree: PyTree) -> Float[Array, " n"]:
-        """The flat vector of a pytree with the structure of the original `x0`."""
-        sig = signature(tree)
-        flat = self.__core.flat
-        if sig.treedef != flat.treedef or tuple(s.shape for s in sig.leaves) != flat.shapes:
-            raise InvalidArgumentError(
-                "tree: expected a pytree with the structure and shapes of x0"
-            )
-        for path, spec, dtype in zip(sig.paths, sig.leaves, flat.dtypes):
-            if jnp.dtype(spec.dtype) != jnp.dtype(dtype):
-                raise InvalidTypeError(
-                    f"tree: leaf {path or '<root>'} has dtype {jnp.dtype(spec.dtype).name}, "
-                    f"expected {jnp.dtype(dtype).name} (the dtype of that leaf in x0)"
-                )
-        return flat.flatten(tree)
-
-    def _state_arg(self, state: PyTree) -> PyTree:
-        return self.__state0 if state is _MISSING else state
-
-    def obj(self, x: Float[Array, " n"], state: PyTree = _MISSING) -> tuple[Array, PyTree]:
-        """`(f, new_state)` on the current minibatch. `state` defaults to `state0`."""
-        out = self._jit_obj(
-            _as_vector(x, "x"), self._state_arg(state), self.__stream.current(), self.__consts
-        )
-        self.counters.obj += 1
-        return out
-
-    def grad(self, x: Float[Array, " n"], state: PyTree = _MISSING) -> tuple[Array, PyTree]:
-        """`(g, new_state)` on the current minibatch."""
-        out = self._jit_grad(
-            _as_vector(x, "x"), self._state_arg(state), self.__stream.current(), self.__consts
-        )
-        self.counters.grad += 1
-        return out
-
-    def objgrad(
-        self, x: Float[Array, " n"], state: PyTree = _MISSING
-    ) -> tuple[Array, Array, PyTree]:
-        """`(f, g, new_state)` from one forward and one backward pass."""
-        out = self._jit_objgrad(
-            _as_vector(x, "x"), self._state_arg(state), self.__stream.current(), self.__consts
-        )
-        self.counters.obj += 1
-        self.counters.grad += 1
-        return out
-
-    def hprod(
-        self, x: Float[Array, " n"], v: Float[Array, " n"], state: PyTree = _MISSING
-    ) -> tuple[Array, PyTree]:
-        """`(H(x) v, new_state)`: the exact Hessian-vector product (forward-over-reverse)."""
-        out = self._jit_hprod(
-            _as_vector(x, "x"),
-            _as_vector(v, "v"),
-            self._state_arg(state),
-            self.__stream.current(),
-            self.__consts,
-        )
-        self.counters.hprod += 1
-        return out
+        return dict(self._objective.traces)
 
     def next_batch(self) -> None:
         """Advance the training minibatch (wrapping around at the end of an epoch)."""
-        self.__stream.advance()
-        self.__version += 1
-
-    def reset_counters(self) -> None:
-        """Set all evaluation counters back to zero."""
-        self.counters.reset()
+        self._stream.advance()
+        self._version += 1
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(nvar={self.nvar}, dtype={self.dtype}, "
-            f"data={self.__stream.kind})"
+            f"{type(self).__name__}(nvar={self.nvar}, dtype={self.dtype}, data={self._stream.kind})"
         )
 
 
@@ -575,6 +677,28 @@ def _check_mesh(mesh: Any) -> Any:
     from jax.sharding import AxisType
 
     return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+
+
+def check_problem(nlp: Any) -> None:
+    """Refuse anything that does not implement the problem protocol, naming what is missing."""
+    if not isinstance(nlp, AbstractNLPModel):
+        raise InvalidTypeError(
+            "nlp: expected a statefulnlp problem (StatefulNLPModel, EquinoxNLPModel, ... or a "
+            f"subclass of snlp.AbstractNLPModel), got {type(nlp).__name__}"
+        )
+    for name in ("objective", "x0", "state0", "batch", "batch_version"):
+        try:
+            getattr(nlp, name)
+        except NotImplementedError:
+            raise InvalidTypeError(
+                f"nlp: {type(nlp).__name__} does not implement the problem protocol: it must "
+                f"define `{name}` (see snlp.AbstractNLPModel)"
+            ) from None
+    if not isinstance(nlp.objective, Objective):
+        raise InvalidTypeError(
+            f"nlp: {type(nlp).__name__}.objective must be an snlp.Objective (build it with "
+            f"snlp.Objective.from_function), got {type(nlp.objective).__name__}"
+        )
 
 
 def check_dtype_mode(nlp: AbstractNLPModel) -> None:

@@ -18,9 +18,9 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ._errors import InvalidArgumentError, InvalidTypeError
 from ._problem import _MISSING, AbstractNLPModel, _as_vector
-from ._tree import PyTree
+from ._tree import PyTree, safe_norm
 
-__all__ = ["LBFGSModel", "LSR1Model", "PairMemory", "two_loop"]
+__all__ = ["LBFGSModel", "LSR1Model", "PairMemory", "curvature_ok", "two_loop"]
 
 
 def _check_mem(mem: Any) -> int:
@@ -86,13 +86,27 @@ class PairMemory(eqx.Module):
         return dataclasses.replace(self, count=jnp.zeros_like(self.count))
 
     def newest_scaling(self) -> Float[Array, ""]:
-        """y'y / s'y of the newest pair (1 when empty): the scaling of B_0 = γ I."""
+        """y'y / s'y of the newest pair (1 when empty): the scaling of B_0 = γ I.
+
+        Computed as ‖y‖·(‖y‖/s'y), so it does not overflow when y'y would (a
+        gradient of 1e20 in float32).
+        """
         i = (self.head - 1) % self.mem
-        y = self.Y[i]
+        ynorm = safe_norm(self.Y[i])
         sy = self.sy[i]  # cached by `push`
-        yy = jnp.vdot(y, y)
-        ok = (self.count > 0) & (sy > 0) & (yy > 0)
-        return jnp.where(ok, yy / jnp.where(ok, sy, 1.0), 1.0).astype(self.S.dtype)
+        ok = (self.count > 0) & (sy > 0) & (ynorm > 0)
+        return jnp.where(ok, ynorm * (ynorm / jnp.where(ok, sy, 1.0)), 1.0).astype(self.S.dtype)
+
+
+def curvature_ok(s: Float[Array, " n"], y: Float[Array, " n"]) -> Bool[Array, ""]:
+    """The pair test s'y > eps·‖s‖·‖y‖: positive curvature, by a scale-free margin.
+
+    The cosine of the angle between s and y must exceed eps of the dtype, whatever
+    the scale of f (the former test s'y > eps·y'y was not invariant to f → c·f and
+    overflowed for large gradients).
+    """
+    eps = jnp.finfo(s.dtype).eps
+    return jnp.vdot(s, y) > eps * safe_norm(s) * safe_norm(y)
 
 
 def two_loop(memory: PairMemory, g: Float[Array, " n"]) -> Float[Array, " n"]:
@@ -163,8 +177,7 @@ class BFGSOperator(_DirectOperator):
     """Limited-memory BFGS approximation B (Nocedal & Wright, eq. 6.19, unrolled)."""
 
     def push(self, memory: QNMemory, s: Float[Array, " n"], y: Float[Array, " n"]) -> QNMemory:
-        sy = jnp.vdot(s, y)
-        keep = sy > jnp.finfo(s.dtype).eps * jnp.vdot(y, y)
+        keep = curvature_ok(s, y)
         pairs = memory.pairs.push(s, y, keep)
         gamma = pairs.newest_scaling()
         m, n = pairs.S.shape
@@ -209,7 +222,7 @@ class SR1Operator(_DirectOperator):
             s_i, y_i = pairs.S[order[i]], pairs.Y[order[i]]
             u = y_i - (gamma * s_i + U.T @ (c * (U @ s_i)))
             d = jnp.vdot(u, s_i)
-            ok = valid[i] & (jnp.abs(d) > r * jnp.linalg.norm(s_i) * jnp.linalg.norm(u))
+            ok = valid[i] & (jnp.abs(d) > r * safe_norm(s_i) * safe_norm(u))
             U = U.at[i].set(jnp.where(ok, u, 0.0))
             c = c.at[i].set(jnp.where(ok, 1.0 / jnp.where(ok, d, 1.0), 0.0))
             return (U, c), None
@@ -242,22 +255,45 @@ class _QuasiNewtonModel(AbstractNLPModel):
         self._jit_push = jax.jit(self._hessian.push)
         self._jit_apply = jax.jit(self._hessian.apply)
 
-    # Everything but hprod forwards to the wrapped problem.
+    # The problem protocol: everything but the Hessian forwards to the wrapped problem.
     @property
-    def _core(self):
-        return self.model._core
+    def hessian(self) -> _DirectOperator:
+        """The quasi-Newton operator whose products replace exact HVPs during a solve."""
+        return self._hessian
 
     @property
-    def _consts(self):
-        return self.model._consts
+    def objective(self):
+        return self.model.objective
 
     @property
-    def _stream(self):
-        return self.model._stream
+    def consts(self):
+        return self.model.consts
 
     @property
-    def _batch_version(self) -> int:
-        return self.model._batch_version
+    def batch(self):
+        return self.model.batch
+
+    @property
+    def batch_version(self) -> int:
+        return self.model.batch_version
+
+    @property
+    def mesh(self):
+        return self.model.mesh
+
+    @property
+    def data_kind(self) -> str:
+        return self.model.data_kind
+
+    @property
+    def exact_resume(self) -> bool:
+        return self.model.exact_resume
+
+    def data_position(self):
+        return self.model.data_position()
+
+    def restore_data_position(self, position) -> None:
+        self.model.restore_data_position(position)
 
     @property
     def x0(self):

@@ -140,7 +140,7 @@ def oracle_factory(fn, n, hessian=None, memory=None):
 
     def make():
         return snlp.Oracle(
-            core=nlp._core,
+            core=nlp.objective,
             state=None,
             batch=None,
             consts=None,

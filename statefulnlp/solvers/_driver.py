@@ -39,7 +39,7 @@ from .._errors import (
     SolverTraitError,
     StateMutationError,
 )
-from .._problem import AbstractNLPModel, check_dtype_mode, start_point
+from .._problem import AbstractNLPModel, check_dtype_mode, check_problem, start_point
 from .._sharding import agree, replicate
 from .._stats import Stats, Status
 from .._tree import signature
@@ -349,10 +349,7 @@ def solve(
         assert jnp.allclose(stats.solution, 2.0, atol=1e-3)
         ```
     """
-    if not isinstance(nlp, AbstractNLPModel):
-        raise InvalidTypeError(
-            f"nlp: expected a statefulnlp problem (e.g. StatefulNLPModel), got {type(nlp).__name__}"
-        )
+    check_problem(nlp)
     solver = _make_solver(solver)
     try:
         hash(solver)
@@ -365,7 +362,7 @@ def solve(
     policy = _traits.resolve_policy(solver_traits, state_policy)
     check_dtype_mode(nlp)
     start = start_point(nlp, x0, state)
-    hessian = getattr(nlp, "_hessian", None)
+    hessian = nlp.hessian
     if hessian is not None and not solver_traits.uses_hprod:
         raise InvalidArgumentError(
             f"nlp: {type(nlp).__name__} only changes Hessian-vector products, which solver "
@@ -385,7 +382,7 @@ def solve(
         checkpoint_every=checkpoint_every,
         resume=resume,
     )
-    program = Program(nlp._core, solver, policy, solver_traits.one_step_safe, hessian)
+    program = Program(nlp.objective, solver, policy, solver_traits.one_step_safe, hessian)
     given = (x0 is not None, state is not None)
     return _Solve(nlp, program, solver_traits, opts, (start, given)).run()
 
@@ -411,7 +408,7 @@ class _Solve:
         self.counted = {"obj": 0, "grad": 0, "hprod": 0}
         self.previous_elapsed = 0.0
         self.batch_changed = False
-        self.version = nlp._batch_version
+        self.version = nlp.batch_version
         self.compiled = compiled(program)
 
     # -- counters -------------------------------------------------------------------
@@ -427,7 +424,7 @@ class _Solve:
     def _initial_args(self) -> tuple[Any, ...]:
         """The arguments of `initial_carry` (after the program)."""
         nlp, opts = self.nlp, self.opts
-        memory = getattr(nlp, "memory", None) if self.program.hessian is not None else None
+        memory = nlp.memory if self.program.hessian is not None else None
         tolerances = (np.asarray(opts.atol, nlp.dtype), np.asarray(opts.rtol, nlp.dtype))
         return (self.x0, self.state0, tolerances, memory)
 
@@ -454,12 +451,11 @@ class _Solve:
         template = jax.eval_shape(lambda *a: initial_carry(program, *a), *args)
         # The problem's data position is restored first (the identity is checked on the
         # batch the checkpoint saw) and put back if the checkpoint is refused.
-        stream = nlp._stream
-        before = stream.position()
+        before = nlp.data_position()
         try:
             meta = read_meta(opts.resume)
             if meta.get("data_position"):
-                stream.restore(meta["data_position"])
+                nlp.restore_data_position(meta["data_position"])
             self._check_start(meta)
             carry, meta = load_checkpoint(opts.resume, template, self._identity())
             # Continue exactly as the interrupted run would have: same pending batch
@@ -468,7 +464,7 @@ class _Solve:
             self._verify_point(carry)
         except BaseException:
             if before:
-                stream.restore(before)
+                nlp.restore_data_position(before)
             raise
         self.previous_elapsed = float(meta.get("elapsed_time", 0.0))
         self.counted = {k: int(meta["counters"][k]) for k in ("obj", "grad", "hprod")}
@@ -477,7 +473,7 @@ class _Solve:
             status=jnp.asarray(CONTINUE, jnp.int32),
             stop_after_eval=jnp.asarray(False),
         )
-        mesh = getattr(nlp, "mesh", None)  # every leaf on the mesh, as a fresh carry's
+        mesh = nlp.mesh  # every leaf on the mesh, as a fresh carry's
         return carry if mesh is None else replicate(carry, mesh)
 
     def _check_start(self, meta: dict[str, Any]) -> None:
@@ -512,7 +508,7 @@ class _Solve:
             )
 
     def _inputs(self) -> Inputs:
-        return Inputs(self.nlp._stream.current(), self.nlp._consts)
+        return Inputs(self.nlp.batch, self.nlp.consts)
 
     def _identity(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed by this solve (see `IDENTITY`).
@@ -530,7 +526,7 @@ class _Solve:
                 "solver": self.traits.name,
                 "solver_settings": settings(self.program.solver),
                 "state_policy": self.program.policy.value,
-                "data_kind": nlp._stream.kind,
+                "data_kind": nlp.data_kind,
                 "problem": fingerprint(self.program.core.value, *args),
                 "problem_batch": str(signature(inputs.batch).leaves),
             }
@@ -625,7 +621,7 @@ class _Solve:
         return _read((np.asarray(ints), np.full(len(FLOAT_FIELDS), np.nan)))
 
     def _pending_batch_change(self) -> bool:
-        return self.batch_changed or self.nlp._batch_version != self.version
+        return self.batch_changed or self.nlp.batch_version != self.version
 
     # -- main loop ------------------------------------------------------------------
     def run(self) -> Stats:
@@ -649,7 +645,7 @@ class _Solve:
         if opts.checkpoint is not None:
             self._save(carry, info, elapsed, self.batch_changed)
         if program.hessian is not None:
-            nlp.memory = carry.memory  # type: ignore[attr-defined]
+            nlp.memory = carry.memory
         return stats
 
     def _loop(self, t0: float) -> tuple[Carry, _Info, Status | None]:
@@ -690,8 +686,8 @@ class _Solve:
                 snapshot = self._stats(carry, info, Status.UNKNOWN, elapsed, final=False)
                 if _wants_stop(opts.callback(nlp, program.solver, snapshot)):
                     host_status = Status.USER
-                if nlp._batch_version != self.version:
-                    self.version = nlp._batch_version
+                if nlp.batch_version != self.version:
+                    self.version = nlp.batch_version
                     self.batch_changed = True
             over_time = (
                 opts.max_time is not None
@@ -729,9 +725,9 @@ class _Solve:
             iter=info.iter,
             counters=info.counters,
             elapsed_time=elapsed + self.previous_elapsed,
-            data_position=self.nlp._stream.position(),
+            data_position=self.nlp.data_position(),
             batch_changed=bool(batch_changed),
-            exact_resume=self.nlp._stream.exact_resume,
+            exact_resume=self.nlp.exact_resume,
         )
         assert self.opts.checkpoint is not None
         save_checkpoint(self.opts.checkpoint, carry, meta)

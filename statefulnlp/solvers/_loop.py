@@ -31,7 +31,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from .._errors import SolverTraitError
 from .._evaluate import Evaluation, Oracle, Tally
-from .._problem import _Core
+from .._problem import Objective
 from .._stats import Status
 from .._tree import PyTree, changed_mask, safe_norm, tree_select
 from ..traits import StatePolicy
@@ -84,7 +84,7 @@ class Program:
     Never traced: it is bound into the jitted functions of `Compiled`.
     """
 
-    core: _Core
+    core: Objective
     solver: AbstractSolver
     policy: StatePolicy
     one_step: bool
