@@ -19,11 +19,13 @@ checkpoints), with matplotlib's Agg backend, and restores the global state a blo
 may change (the solver registry, `jax_enable_x64`). Tracebacks point at the
 Markdown file and line.
 
-The docs site's navigation (mkdocs.yml) and the pages in docs/ must match.
+The docs site's navigation (mkdocs.yml) and the pages in docs/ must match, and the API
+reference (docs/api.md) must list every public class and function.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
 import sys
 import types
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import jax
 import pytest
+from test_docstrings import PUBLIC
 
 from statefulnlp import traits
 
@@ -159,6 +162,28 @@ def test_docs_nav_lists_every_page():
     assert not missing, f"mkdocs.yml nav names pages that do not exist: {missing}"
     assert not unlisted, f"pages in docs/ missing from mkdocs.yml's nav: {unlisted}"
     assert len(nav) == len(set(nav)), "a page is listed twice in mkdocs.yml's nav"
+
+
+def _resolve(dotted: str):
+    module_name, _, attr = dotted.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError):
+        return importlib.import_module(dotted)
+
+
+def test_api_reference_lists_every_public_object():
+    # Every public class and function (those whose docstring examples test_docstrings
+    # runs) has an entry in docs/api.md, directly or as a member of a module entry.
+    api = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    documented = set()
+    for entry in re.findall(r"^::: *(\S+)", api, re.M):
+        obj = _resolve(entry)
+        documented.add(id(obj))
+        if isinstance(obj, types.ModuleType):
+            documented |= {id(getattr(obj, n)) for n in getattr(obj, "__all__", ())}
+    missing = sorted(name for name, obj in PUBLIC.items() if id(obj) not in documented)
+    assert not missing, f"public objects missing from docs/api.md: {missing}"
 
 
 def test_marker_parsing(tmp_path):
