@@ -25,7 +25,8 @@ from digits_cnn import LeNet, loss
 
 import statefulnlp as snlp
 from statefulnlp.datasets import digits_split
-from statefulnlp.solvers._loop import Control, Inputs, Program, compiled
+from statefulnlp._evaluate import StateRule
+from statefulnlp.solvers._loop import Inputs, Limits, Program, compiled
 
 
 def mib(nbytes: int) -> float:
@@ -47,13 +48,14 @@ def lbfgs_memory(n: int, mem: int) -> dict:
         return 0.5 * jnp.sum(jnp.arange(1, n + 1, dtype=x.dtype) * x**2), s
 
     nlp = snlp.StatefulNLPModel(fn, jnp.ones(n, jnp.float32))
-    program = Program(nlp.objective, snlp.solvers.LBFGS(mem=mem), snlp.StatePolicy.FREEZE, False, None)
+    rule = StateRule(snlp.StatePolicy.FREEZE, one_step=False)
+    program = Program(nlp.objective, snlp.solvers.LBFGS(mem=mem), rule, None)
     tol = (np.float32(1e-6), np.float32(0.0))
     jitted = compiled(program)
-    carry = jitted.initial(nlp.x0, nlp.state0, tol, None)
     inputs = Inputs(None, nlp.consts)
-    control = Control(np.int32(10), np.int32(10), np.int32(100), np.bool_(False))
-    lowered = jitted.run.lower(carry, inputs, control)
+    limits = Limits(np.int32(10), np.int32(10), np.int32(100))
+    carry, _ = jitted.first((nlp.x0, nlp.state0, tol, None), inputs, limits)
+    lowered = jitted.run.lower(carry, inputs, limits)
     a = analysis(lowered.compile())
     total = a["argument"] + a["temp"]
     return {
@@ -72,8 +74,8 @@ def hvp_vs_grad() -> dict:
     nlp = snlp.EquinoxNLPModel(model, state, loss, batch)
     x, v = nlp.x0, jnp.ones(nlp.nvar)
     consts = nlp.consts
-    grad = analysis(nlp._jit_objgrad.lower(x, state, batch, consts).compile())
-    hvp = analysis(nlp._jit_hprod.lower(x, v, state, batch, consts).compile())
+    grad = analysis(nlp._evaluator("objgrad").lower(x, state, batch, consts).compile())
+    hvp = analysis(nlp._evaluator("hprod").lower(x, v, state, batch, consts).compile())
     return {
         "nvar": nlp.nvar,
         "objgrad temp (MiB)": mib(grad["temp"]),

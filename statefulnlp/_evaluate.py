@@ -1,21 +1,39 @@
-"""The evaluation layer: the one place where a state policy is enforced.
+"""The state policy, enforced in this one module.
 
 Within iteration k a solver sees one deterministic function
 `f_k(x) = loss(x, s_k, B_k)` through an `Oracle`: every evaluation it makes
 (trial points, line-search steps, Hessian-vector products) uses the frozen
 state `s_k` and batch `B_k`. An evaluation returns the state that `fn`
 produced at that point; the solver hands back the `Evaluation` of its accepted
-point, and the driver (never the solver) decides from it what `s_{k+1}` is.
+point, and `StateRule` (never the solver, never the loop) decides from it:
+
+* **s_{k+1}**: for a multi-evaluation solver, the new state of the evaluation
+  at the accepted point x_{k+1}, or s_k when the step is rejected (or its point
+  is not finite); for a one-step solver, the new state of its single
+  evaluation, the one at x_k.
+* **re-evaluation**: f and ∇f at x_{k+1} are evaluated again under
+  (s_{k+1}, B_{k+1}) at the start of the next iteration only if the state or
+  the batch changed (`Known`: the carried evaluation is fresh, stale or
+  absent); that evaluation's own new state is discarded.
+* **the final state**: s_k, except under `propagate` when the solve stopped
+  right after evaluating x_k: then that evaluation's new state is kept.
+* **reject**: every evaluation's new state is compared with its input; a
+  change is a fault that becomes `StateMutationError`.
+* **one-step violations**: a solver registered one-step safe that evaluates in
+  its step is a fault that becomes `SolverTraitError`.
+
+Which policy a solver may use (and `IncompatibleStatePolicyError`) is decided
+by its trait, before any evaluation (`statefulnlp.traits.resolve_policy`).
 
 The oracle is a pure pytree: each call returns an updated oracle whose `Tally`
-counts the evaluations and, under the `reject` policy, records which state
-leaves an evaluation changed. Solvers thread it through their loops like a
-PRNG key.
+counts the evaluations and, under `reject`, records which state leaves an
+evaluation changed. Solvers thread it through their loops like a PRNG key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Callable
 from typing import Any
 
@@ -24,9 +42,10 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from ._problem import Objective
-from ._tree import PyTree, changed_mask
+from ._tree import PyTree, changed_mask, tree_select
+from .traits import StatePolicy
 
-__all__ = ["Evaluation", "Oracle", "Tally"]
+__all__ = ["Evaluation", "Fault", "Known", "Oracle", "StateRule", "Tally"]
 
 
 class Evaluation(eqx.Module):
@@ -171,3 +190,103 @@ class Oracle(eqx.Module):
     def counted(self, obj: Any = 0, grad: Any = 0) -> Oracle:
         """The oracle with evaluations made outside it (through `value_fn`) added."""
         return dataclasses.replace(self, tally=self.tally.add(obj, grad))
+
+
+class Known(enum.IntEnum):
+    """What the carried evaluation is, relative to the iterate x_k."""
+
+    NONE = 0  # no evaluation at x_k (a one-step solver just moved)
+    STALE = 1  # evaluated at x_k under an earlier state or batch
+    FRESH = 2  # evaluated at x_k under (s_k, B_k)
+
+
+class Fault(enum.IntEnum):
+    """Internal failures found on the device (kept apart from the user-visible status)."""
+
+    NONE = 0
+    MUTATION = 1  # reject: an evaluation changed its state
+    TRAIT_VIOLATION = 2  # a one-step solver evaluated in its step
+    NONFINITE_START = 3  # f or ∇f at x0 is not finite
+
+
+class Advance(eqx.Module):
+    """Where an iteration leaves the iterate, as `StateRule.advance` decides."""
+
+    x: Float[Array, " n"]
+    state: PyTree  # s_{k+1}
+    point: Evaluation  # the evaluation carried into the next iteration
+    known: Int[Array, ""]  # a `Known`
+    accepted: Bool[Array, ""]
+    nonfinite: Bool[Array, ""]  # the accepted point was not finite: the step is undone
+    fault: Int[Array, ""]  # a `Fault`
+
+
+def _finite(point: Evaluation) -> Bool[Array, ""]:
+    return jnp.isfinite(point.f) & jnp.all(jnp.isfinite(point.g))
+
+
+@dataclasses.dataclass(frozen=True)
+class StateRule:
+    """The state policy of one solve, applied by the loop at fixed points.
+
+    Attributes:
+        policy: the resolved `StatePolicy`.
+        one_step: the solver's trait (True: one evaluation per iteration, at x_k).
+    """
+
+    policy: StatePolicy
+    one_step: bool
+
+    @property
+    def check_mutation(self) -> bool:
+        """Whether every evaluation's new state is compared with its input (`reject`)."""
+        return self.policy is StatePolicy.REJECT
+
+    def carried(self, point: Evaluation) -> Evaluation:
+        """`point` as kept between iterations: a one-step solver's keeps its new state
+        (it is s_{k+1}); a multi-evaluation solver's does not (fewer leaves to move)."""
+        return point if self.one_step else dataclasses.replace(point, state=None)
+
+    def full(self, point: Evaluation, state: PyTree) -> Evaluation:
+        """A carried point with a state again (`state` stands in when it was dropped)."""
+        return point if self.one_step else dataclasses.replace(point, state=state)
+
+    def advance(self, state: PyTree, point: Evaluation, step: Any, evaluated: Any) -> Advance:
+        """s_{k+1} and the carried evaluation after the solver's `step` from `point` (at x_k).
+
+        `evaluated` says whether the step made any evaluation itself.
+        """
+        yes, no = jnp.asarray(True), jnp.asarray(False)
+        if self.one_step:
+            # The only evaluation of the iteration is the one at x_k: its state is s_{k+1};
+            # x_{k+1} has no evaluation yet.
+            fault = jnp.where(evaluated, Fault.TRAIT_VIOLATION, Fault.NONE)
+            return Advance(step.x, point.state, point, jnp.asarray(Known.NONE), yes, no, fault)
+        ev = step.evaluation
+        nonfinite = step.accepted & ~_finite(ev)
+        accepted = step.accepted & ~nonfinite
+        next_state = tree_select(accepted, ev.state, state)
+        next_point = self.carried(tree_select(accepted, ev, point))
+        # The new point was evaluated under s_k and B_k: it stays fresh if s_{k+1} == s_k.
+        fresh = ~accepted | ~jnp.any(changed_mask(next_state, state))
+        known = jnp.where(fresh, Known.FRESH, Known.STALE)
+        return Advance(
+            next_point.x,
+            next_state,
+            next_point,
+            known,
+            accepted,
+            nonfinite,
+            jnp.asarray(Fault.NONE),
+        )
+
+    def final_state(self, state: PyTree, point: Evaluation, known: Any) -> PyTree:
+        """The state a solve returns: s_k, or under `propagate` the new state of the
+        evaluation at x_k that made it stop."""
+        if self.policy is StatePolicy.PROPAGATE and int(known) == Known.FRESH:
+            return point.state
+        return state
+
+    def fault(self, tally: Tally, fault: Any) -> Int[Array, ""]:
+        """`fault`, or `MUTATION` when a `reject` check found a changed state."""
+        return jnp.where(jnp.any(tally.mutated), Fault.MUTATION, fault).astype(jnp.int32)

@@ -39,6 +39,7 @@ from .._errors import (
     SolverTraitError,
     StateMutationError,
 )
+from .._evaluate import Fault, Known, StateRule
 from .._problem import AbstractNLPModel, check_dtype_mode, check_problem, start_point
 from .._sharding import agree, replicate
 from .._stats import Stats, Status
@@ -49,15 +50,12 @@ from ._loop import (
     FLOAT_FIELDS,
     INT_FIELDS,
     INT_MAX,
-    MUTATION,
-    NONFINITE_START,
-    TRAIT_VIOLATION,
     Carry,
-    Control,
     Inputs,
+    Limits,
     Program,
     compiled,
-    initial_carry,
+    initial_shape,
 )
 from ._loop import info as info_of
 
@@ -244,15 +242,13 @@ class _Info:
     """The host's copy of the loop's scalars after a device call."""
 
     status: int
+    fault: int
     iter: int
     accepted: int
     obj: int
     grad: int
     hprod: int
-    evaluated: bool
-    stop_after_eval: bool
-    fresh: bool
-    initialized: bool
+    known: int  # a `Known`
     f: float
     gnorm: float
     diag: tuple[float, ...]
@@ -261,16 +257,15 @@ class _Info:
     def counters(self) -> dict[str, int]:
         return {"obj": self.obj, "grad": self.grad, "hprod": self.hprod}
 
-
-_BOOL_FIELDS = ("evaluated", "stop_after_eval", "fresh", "initialized")
+    @property
+    def going(self) -> bool:
+        return self.status == CONTINUE and self.fault == Fault.NONE
 
 
 def _read(out: tuple[Any, Any]) -> _Info:
-    """The host copy of `run`'s info vectors (one transfer)."""
+    """The host copy of a device call's info vectors (one transfer)."""
     ints, floats = jax.device_get(out)
-    values: dict[str, Any] = {
-        k: (bool(v) if k in _BOOL_FIELDS else int(v)) for k, v in zip(INT_FIELDS, ints)
-    }
+    values: dict[str, Any] = {k: int(v) for k, v in zip(INT_FIELDS, ints)}
     values.update({k: float(v) for k, v in zip(FLOAT_FIELDS, floats)})
     values["diag"] = tuple(float(v) for v in floats[len(FLOAT_FIELDS) :])
     return _Info(**values)
@@ -382,7 +377,8 @@ def solve(
         checkpoint_every=checkpoint_every,
         resume=resume,
     )
-    program = Program(nlp.objective, solver, policy, solver_traits.one_step_safe, hessian)
+    rule = StateRule(policy, solver_traits.one_step_safe)
+    program = Program(nlp.objective, solver, rule, hessian)
     given = (x0 is not None, state is not None)
     return _Solve(nlp, program, solver_traits, opts, (start, given)).run()
 
@@ -410,24 +406,72 @@ class _Solve:
         self.batch_changed = False
         self.version = nlp.batch_version
         self.compiled = compiled(program)
+        self.limits = Limits(
+            np.int32(0),
+            np.int32(min(opts.max_iter, INT_MAX)),
+            np.int32(INT_MAX if opts.max_eval is None else min(opts.max_eval, INT_MAX)),
+        )
+        # The last completed device call: what an interrupted solve checkpoints.
+        self.last: tuple[Carry | None, _Info | None] = (None, None)
 
-    # -- counters -------------------------------------------------------------------
+    # -- device calls -----------------------------------------------------------------
+    def _inputs(self) -> Inputs:
+        return Inputs(self.nlp.batch, self.nlp.consts)
+
+    def _start(self) -> tuple[Any, ...]:
+        """`(x0, state0, (atol, rtol), memory)`: what the first stage starts from."""
+        nlp, opts = self.nlp, self.opts
+        memory = nlp.memory if self.program.hessian is not None else None
+        tolerances = (np.asarray(opts.atol, nlp.dtype), np.asarray(opts.rtol, nlp.dtype))
+        return (self.x0, self.state0, tolerances, memory)
+
+    def _device(self, name: str, *args: Any, n: int = 0) -> tuple[Carry, _Info]:
+        """One device call of `Compiled.<name>`; counters synced, faults raised."""
+        function = getattr(self.compiled, name)
+        limits = self.limits._replace(n_steps=np.int32(n))
+        new, out = function(*args, self._inputs(), limits)
+        self.batch_changed = False
+        info = _read(out)
+        self._sync_counters(info)
+        self._raise_fault(info, new)
+        self.last = (new, info)
+        return new, info
+
     def _sync_counters(self, info: _Info) -> None:
-        """Add the evaluations made on the device since the last chunk to nlp.counters."""
+        """Add the evaluations made on the device since the last call to nlp.counters."""
         for key in ("obj", "grad", "hprod"):
             delta = getattr(info, key) - self.counted[key]
             if delta:
                 setattr(self.nlp.counters, key, getattr(self.nlp.counters, key) + delta)
             self.counted[key] = getattr(info, key)
 
-    # -- start ----------------------------------------------------------------------
-    def _initial_args(self) -> tuple[Any, ...]:
-        """The arguments of `initial_carry` (after the program)."""
-        nlp, opts = self.nlp, self.opts
-        memory = nlp.memory if self.program.hessian is not None else None
-        tolerances = (np.asarray(opts.atol, nlp.dtype), np.asarray(opts.rtol, nlp.dtype))
-        return (self.x0, self.state0, tolerances, memory)
+    def _raise_fault(self, info: _Info, carry: Carry) -> None:
+        """Turn an internal failure found on the device into its error."""
+        if info.fault == Fault.NONFINITE_START:
+            raise NonFiniteError(
+                f"the objective or its gradient at x0 is not finite (f = {info.f}, "
+                f"‖g‖ = {info.gnorm}); check x0, the state and fn"
+            )
+        if info.fault == Fault.MUTATION:
+            mask = np.asarray(jax.device_get(carry.tally.mutated))
+            paths = self.program.objective.state_sig.paths
+            changed = tuple(p or "<root>" for p, m in zip(paths, mask) if m)
+            raise StateMutationError(
+                f"state_policy='reject': the objective changed its state (leaves "
+                f"{', '.join(changed)}) during iteration {info.iter}. Use state_policy='freeze' "
+                "for objectives with state (BatchNorm statistics, PRNG keys), or make the "
+                "objective pure.",
+                leaves=changed,
+                iteration=info.iter,
+            )
+        if info.fault == Fault.TRAIT_VIOLATION:
+            raise SolverTraitError(
+                f"solver {self.traits.name!r} is registered one-step safe but evaluated the "
+                f"objective more than once in iteration {info.iter}; register it with "
+                "one_step_safe=False"
+            )
 
+    # -- start ----------------------------------------------------------------------
     def _one_call(self) -> bool:
         """True when the whole solve is one device call (nothing for the host between)."""
         opts = self.opts
@@ -439,19 +483,14 @@ class _Solve:
             and opts.resume is None
         )
 
-    def _carry0(self) -> Carry | None:
-        """The first carry, or None when the first device call builds it (`_one_call`)."""
-        nlp, program, opts = self.nlp, self.program, self.opts
-        if self._one_call():
-            return None
-        args = self._initial_args()
-        if opts.resume is None:
-            return self.compiled.initial(*args)
-
-        template = jax.eval_shape(lambda *a: initial_carry(program, *a), *args)
+    def _resume(self) -> tuple[Carry, _Info]:
+        """The carry of the checkpoint `opts.resume`, checked to belong to this solve."""
+        nlp, opts = self.nlp, self.opts
+        template = initial_shape(self.program, self._start(), self._inputs())
         # The problem's data position is restored first (the identity is checked on the
         # batch the checkpoint saw) and put back if the checkpoint is refused.
         before = nlp.data_position()
+        assert opts.resume is not None
         try:
             meta = read_meta(opts.resume)
             if meta.get("data_position"):
@@ -468,17 +507,13 @@ class _Solve:
             raise
         self.previous_elapsed = float(meta.get("elapsed_time", 0.0))
         self.counted = {k: int(meta["counters"][k]) for k in ("obj", "grad", "hprod")}
-        carry = dataclasses.replace(
-            carry,
-            status=jnp.asarray(CONTINUE, jnp.int32),
-            stop_after_eval=jnp.asarray(False),
-        )
+        carry = dataclasses.replace(carry, status=jnp.asarray(CONTINUE, jnp.int32))
         mesh = nlp.mesh  # every leaf on the mesh, as a fresh carry's
-        return carry if mesh is None else replicate(carry, mesh)
+        carry = carry if mesh is None else replicate(carry, mesh)
+        return carry, _read(info_of(self.program, carry))
 
     def _check_start(self, meta: dict[str, Any]) -> None:
         """An explicit `x0=`/`state=` must be where the checkpointed solve started."""
-
         for name, given, value in (
             ("x0", self.start_given[0], self.x0),
             ("state", self.start_given[1], self.state0),
@@ -492,7 +527,7 @@ class _Solve:
     def _verify_point(self, carry: Carry) -> None:
         """f and ∇f stored for the resumed iterate must be those of this problem."""
         info = _read(info_of(self.program, carry))
-        if not (info.fresh and info.evaluated) or self.batch_changed:
+        if info.known != Known.FRESH or self.batch_changed:
             return  # the loop evaluates x again before it uses anything
         f, gnorm = (float(v) for v in self.compiled.final(carry, self._inputs()))
         self.nlp.counters.add(obj=1, grad=1)
@@ -506,9 +541,6 @@ class _Solve:
                 f"problem has f = {f:.6g} and ‖∇f‖ = {gnorm:.3g}, but the checkpoint recorded "
                 f"f = {info.f:.6g} and ‖∇f‖ = {info.gnorm:.3g} (other data or another objective?)"
             )
-
-    def _inputs(self) -> Inputs:
-        return Inputs(self.nlp.batch, self.nlp.consts)
 
     def _identity(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed by this solve (see `IDENTITY`).
@@ -525,47 +557,18 @@ class _Solve:
                 "dtype": str(nlp.dtype),
                 "solver": self.traits.name,
                 "solver_settings": settings(self.program.solver),
-                "state_policy": self.program.policy.value,
+                "state_policy": self.program.rule.policy.value,
                 "data_kind": nlp.data_kind,
-                "problem": fingerprint(self.program.core.value, *args),
+                "problem": fingerprint(self.program.objective.value, *args),
                 "problem_batch": str(signature(inputs.batch).leaves),
             }
         return self.identity
 
-    # -- errors found on the device -------------------------------------------------
-    def _raise_internal(self, info: _Info, carry: Carry) -> None:
-        status = info.status
-        if status == NONFINITE_START:
-            raise NonFiniteError(
-                f"the objective or its gradient at x0 is not finite (f = {info.f}, "
-                f"‖g‖ = {info.gnorm}); check x0, the state and fn"
-            )
-        if status == MUTATION:
-            mask = np.asarray(jax.device_get(carry.tally.mutated))
-            paths = self.program.core.state_sig.paths
-            changed = tuple(p or "<root>" for p, m in zip(paths, mask) if m)
-            raise StateMutationError(
-                f"state_policy='reject': the objective changed its state (leaves "
-                f"{', '.join(changed)}) during iteration {info.iter}. Use state_policy='freeze' "
-                "for objectives with state (BatchNorm statistics, PRNG keys), or make the "
-                "objective pure.",
-                leaves=changed,
-                iteration=info.iter,
-            )
-        if status == TRAIT_VIOLATION:
-            raise SolverTraitError(
-                f"solver {self.traits.name!r} is registered one-step safe but evaluated the "
-                f"objective more than once in iteration {info.iter}; register it with "
-                "one_step_safe=False"
-            )
-
     # -- chunk sizes ----------------------------------------------------------------
     def _chunk(self, iter_now: int, per_iter: float | None, elapsed: float) -> int:
-        """How many iterations the next device call may make."""
+        """How many iterations the next `run` call may make (the device loop path)."""
         opts = self.opts
-        if opts.callback is not None:
-            return 1
-        n = max(opts.max_iter - iter_now, 0) + 1  # +1: the final stopping test
+        n = max(opts.max_iter - iter_now, 0)
         if opts.verbose:
             n = min(n, opts.verbose - iter_now % opts.verbose)
         if opts.checkpoint_every:
@@ -574,63 +577,37 @@ class _Solve:
             target = min(0.25, max(opts.max_time - elapsed, 0.0) / 2)
             n = min(n, 1 if per_iter is None else max(1, int(target / max(per_iter, 1e-7))))
             (n,) = agree((n,))  # multi-process: process 0's clock decides for all
-        return max(n, 1)
+        return n
 
-    def _call(
-        self, carry: Carry | None, n: int, limits: tuple[Any, Any], last: _Info
-    ) -> tuple[Carry, _Info]:
-        """Up to `n` iterations on the device; `last` is what the previous call returned.
+    def _host_limit(self, info: _Info) -> Status | None:
+        """A limit the host sees before asking the device for more."""
+        if info.iter >= self.opts.max_iter:
+            return Status.MAX_ITER
+        if self.opts.max_eval is not None and info.obj >= self.opts.max_eval:
+            return Status.MAX_EVAL
+        return None
 
-        `carry` None: the call starts from `initial_carry` (see `_one_call`).
+    def _iteration(self, carry: Carry, info: _Info, n: int) -> tuple[Carry, _Info]:
+        """The next iteration(s): `n` in a device loop, or one as top-level programs.
 
-        With a callback each call is one iteration, run as a straight-line top-level
-        program (XLA on CPU runs convolutions in loop bodies far slower than at the
-        top level); the limits are then checked here. Without one, a `while_loop`.
+        On the callback path x_k is evaluated again (`settle`) only when the carried
+        evaluation is not fresh, and the solver steps (`advance`) only when the tests
+        let it: an iteration evaluates nothing it does not use.
         """
-        inputs = self._inputs()
-        new: Carry
-        if carry is not None and self.opts.callback is not None:
-            if last.initialized:
-                if last.iter >= self.opts.max_iter:
-                    return carry, dataclasses.replace(
-                        last, status=Status.MAX_ITER.code, stop_after_eval=False
-                    )
-                if self.opts.max_eval is not None and last.obj >= self.opts.max_eval:
-                    return carry, dataclasses.replace(
-                        last, status=Status.MAX_EVAL.code, stop_after_eval=False
-                    )
-            reeval = self.batch_changed or not last.fresh
-            new, out = self.compiled.once[reeval, n > 0](carry, inputs, limits[0])
+        if self.opts.callback is None:
+            return self._device("run", carry, n=n)
+        if info.known != Known.FRESH or self.batch_changed:
+            carry, info = self._device("settle", carry)
         else:
-            control = Control(np.int32(n), limits[0], limits[1], np.bool_(self.batch_changed))
-            if carry is None:
-                new, out = self.compiled.start(self._initial_args(), inputs, control)
-            else:
-                new, out = self.compiled.run(carry, inputs, control)
-        self.batch_changed = False
-        info = _read(out)
-        self._sync_counters(info)
-        self._raise_internal(info, new)
-        return new, info
-
-    def _where(self, carry: Carry | None) -> _Info:
-        """The host's view of a carry before the first call."""
-        if carry is not None and self.opts.resume is not None:
-            return _read(info_of(self.program, carry))  # eager: once per resumed solve
-        ints = [CONTINUE if k == "status" else 0 for k in INT_FIELDS]
-        return _read((np.asarray(ints), np.full(len(FLOAT_FIELDS), np.nan)))
-
-    def _pending_batch_change(self) -> bool:
-        return self.batch_changed or self.nlp.batch_version != self.version
+            carry, info = self._device("test", carry)
+        if not info.going:
+            return carry, info
+        return self._device("advance", carry)
 
     # -- main loop ------------------------------------------------------------------
     def run(self) -> Stats:
         nlp, program, opts = self.nlp, self.program, self.opts
         t0 = time.perf_counter()
-        carry = self._carry0()
-        self.last = (carry, self._where(carry))
-        if opts.checkpoint is not None:
-            self._identity()  # on the batch this solve starts with
         try:
             carry, info, host_status = self._loop(t0)
         except BaseException:
@@ -648,39 +625,46 @@ class _Solve:
             nlp.memory = carry.memory
         return stats
 
+    def _begin(self) -> tuple[Carry, _Info]:
+        """The carry after the first stage (or the resumed one)."""
+        if self.opts.resume is not None:
+            carry, info = self._resume()
+            self.last = (carry, info)
+            return carry, info
+        if self.opts.checkpoint is not None:
+            self._identity()  # on the batch this solve starts with
+        if self._one_call():
+            n = max(self.opts.max_iter, 0)
+            return self._device("solve_once", self._start(), n=n)
+        return self._device("first", self._start())
+
     def _loop(self, t0: float) -> tuple[Carry, _Info, Status | None]:
         """Device calls, log, callback and host limits until a stop; `self.last` follows."""
         nlp, program, opts = self.nlp, self.program, self.opts
-        carry, info = self.last
-        limits = (
-            np.int32(min(opts.max_iter, INT_MAX)),
-            np.int32(INT_MAX if opts.max_eval is None else min(opts.max_eval, INT_MAX)),
-        )
+        carry, info = self._begin()
         log = None
         if opts.verbose:
             shapes = jax.eval_shape(lambda c: program.solver.diagnostics(c.solver_state), carry)
-            log = _Log(program.policy, self.traits.name, tuple(sorted(shapes)))
-            if not info.initialized:
-                # A first call with no step evaluates x0 for the log's first row.
-                carry, info = self.last = self._call(carry, 0, limits, info)
+            log = _Log(program.rule.policy, self.traits.name, tuple(sorted(shapes)))
             log.row(info, time.perf_counter() - t0 + self.previous_elapsed)
         host_status: Status | None = None
         per_iter: float | None = None
-        iter_now = info.iter
-        while True:
+        while info.going:
+            host_status = self._host_limit(info)
+            if host_status is not None:
+                break
+            iter_before = info.iter
             elapsed = time.perf_counter() - t0
-            n = self._chunk(iter_now, per_iter, elapsed)
+            n = self._chunk(iter_before, per_iter, elapsed)
             tc = time.perf_counter()
-            carry, info = self.last = self._call(carry, n, limits, info)
-            steps = info.iter - iter_now
-            iter_now = info.iter
+            carry, info = self._iteration(carry, info, n)
+            steps = info.iter - iter_before
             elapsed = time.perf_counter() - t0
             if steps > 0:
                 per_iter = (time.perf_counter() - tc) / steps
-            stopped = info.status != CONTINUE
-            if log is not None and steps > 0 and (stopped or iter_now % opts.verbose == 0):
+            if log is not None and steps > 0 and (not info.going or info.iter % opts.verbose == 0):
                 log.row(info, elapsed + self.previous_elapsed)
-            if stopped:
+            if not info.going:
                 break
             if opts.callback is not None and steps > 0:
                 snapshot = self._stats(carry, info, Status.UNKNOWN, elapsed, final=False)
@@ -695,18 +679,21 @@ class _Solve:
             )  # multi-process: process 0's clock decides for all
             if over_time and host_status is None:
                 host_status = Status.MAX_TIME
-            if opts.checkpoint_every and steps > 0 and iter_now % opts.checkpoint_every == 0:
+            if opts.checkpoint_every and steps > 0 and info.iter % opts.checkpoint_every == 0:
                 self._save(carry, info, time.perf_counter() - t0, self.batch_changed)
             if host_status is not None:
                 break
         return carry, info, host_status
 
+    def _pending_batch_change(self) -> bool:
+        return self.batch_changed or self.nlp.batch_version != self.version
+
     def _save_last(self, elapsed: float) -> None:
-        """Checkpoint the last completed iteration after an exception (best effort)."""
+        """Checkpoint the last completed device call after an exception (best effort)."""
         carry, info = self.last
+        if carry is None or info is None:
+            return  # stopped before x0 was evaluated: nothing to continue from
         try:
-            if carry is None:  # stopped in the first call: nothing done yet
-                carry = self.compiled.initial(*self._initial_args())
             self._save(carry, info, elapsed, self._pending_batch_change())
         except Exception as err:  # the user's exception matters more than ours
             warnings.warn(
@@ -717,7 +704,6 @@ class _Solve:
             )
 
     def _save(self, carry: Carry, info: _Info, elapsed: float, batch_changed: bool) -> None:
-
         meta = dict(self._identity())
         meta.update(
             start_x0=tree_digest(self.x0),
@@ -738,28 +724,24 @@ class _Solve:
         program = self.program
         objective, dual = info.f, info.gnorm
         counters = info.counters
-        if final and not info.evaluated:
-            # One-step solvers stopped by a limit: one extra counted evaluation at the
+        if final and info.known == Known.NONE:
+            # A one-step solver stopped by a limit: one extra counted evaluation at the
             # final iterate; its new state is discarded.
             f, gnorm = self.compiled.final(carry, self._inputs())
             objective, dual = float(f), float(gnorm)
             self.nlp.counters.add(obj=1, grad=1)
             counters["obj"] += 1
             counters["grad"] += 1
-        if program.policy is StatePolicy.PROPAGATE and info.stop_after_eval:
-            state = carry.point.state
-        else:
-            state = carry.state
         return Stats(
             status=status,
             message=status.message,
             solution=carry.x,
-            state=state,
+            state=program.rule.final_state(carry.state, carry.point, info.known),
             objective=objective,
             dual_feas=dual,
             iter=info.iter,
             elapsed_time=elapsed + self.previous_elapsed,
-            state_policy=program.policy,
+            state_policy=program.rule.policy,
             solver=self.traits.name,
             counters=counters,
             accepted=info.accepted,
