@@ -118,3 +118,19 @@ def test_float32_problem_solves_under_x64():
     with jax.enable_x64(True):
         stats = snlp.solve(nlp, "lbfgs")
     assert stats.status == "first_order" and stats.solution.dtype == jnp.float32
+
+
+def test_the_stopping_measure_is_the_solvers():
+    """A solver that measures stationarity its own way stops, and reports, by that measure."""
+
+    class InfinityNorm(snlp.solvers.LBFGS):
+        def stationarity(self, point):
+            return jnp.max(jnp.abs(point.g))
+
+    snlp.traits.register(InfinityNorm, one_step_safe=False)
+    nlp = snlp.StatefulNLPModel(_rosenbrock, jnp.array([-1.2, 1.0, 0.5, 2.0]))
+    stats = snlp.solve(nlp, InfinityNorm(), atol=1e-3, rtol=0)
+    f, g, _ = nlp.objgrad(stats.solution, nlp.state0)
+    assert stats.status == "first_order"
+    assert stats.dual_feas == pytest.approx(float(jnp.max(jnp.abs(g))), rel=1e-5)
+    assert stats.dual_feas <= 1e-3

@@ -11,6 +11,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from .._evaluate import Evaluation, Oracle
 from .._stats import Status
+from .._tree import safe_norm
 
 __all__ = ["AbstractSolver", "Step"]
 
@@ -96,6 +97,15 @@ class AbstractSolver(eqx.Module, Generic[SolverState]):
         """A `Status` code if the solver cannot go on (e.g. `not_desc`), else `CONTINUE`."""
         del solver_state
         return jnp.asarray(CONTINUE, jnp.int32)
+
+    def stationarity(self, point: Evaluation) -> Float[Array, ""]:
+        """The stopping measure at `point`: ‖∇f‖₂ by default.
+
+        The solve stops with `first_order` when it is at most atol + rtol times its
+        value at x0, and `stats.dual_feas` reports it. A bound-constrained solver
+        would return the norm of its projected gradient here.
+        """
+        return safe_norm(point.g)
 
     def diagnostics(self, solver_state: SolverState) -> dict[str, Float[Array, ""]]:
         """Scalars shown in the verbose log (e.g. a trust-region radius)."""

@@ -37,7 +37,7 @@ from .._errors import SolverTraitError
 from .._evaluate import Evaluation, Fault, Known, Oracle, StateRule, Tally
 from .._problem import Objective
 from .._stats import Status
-from .._tree import PyTree, safe_norm, tree_select
+from .._tree import PyTree, tree_select
 from ._base import CONTINUE, AbstractSolver
 
 INT_MAX = int(np.iinfo(np.int32).max)
@@ -158,9 +158,9 @@ def first(program: Program, start: tuple, inputs: Inputs, limits: Limits) -> Car
         tally=oracle.tally,
         status=jnp.asarray(CONTINUE, jnp.int32),
         fault=jnp.where(finite, Fault.NONE, Fault.NONFINITE_START).astype(jnp.int32),
-        tol=(jnp.asarray(atol, dtype) + jnp.asarray(rtol, dtype) * safe_norm(point.g)).astype(
-            dtype
-        ),
+        tol=(
+            jnp.asarray(atol, dtype) + jnp.asarray(rtol, dtype) * program.solver.stationarity(point)
+        ).astype(dtype),
         fmin=(jnp.minimum(-1.0, point.f) / eps).astype(dtype),
     )
     return _test(program, c, limits)
@@ -168,7 +168,7 @@ def first(program: Program, start: tuple, inputs: Inputs, limits: Limits) -> Car
 
 def _test(program: Program, c: Carry, limits: Limits) -> Carry:
     """The stopping tests at x_k (on a fresh evaluation), the limits, the faults."""
-    gnorm = safe_norm(c.point.g)
+    gnorm = program.solver.stationarity(c.point)
     fresh = c.known == Known.FRESH
     status = jnp.where(
         c.iter >= limits.max_iter,
@@ -346,7 +346,7 @@ def info(program: Program, c: Carry) -> tuple[Int[Array, " k"], Float[Array, " m
     ).astype(jnp.int32)
     diag = program.solver.diagnostics(c.solver_state)
     # The log's columns are the diagnostics' names in sorted order.
-    floats = [c.point.f, safe_norm(c.point.g), *(diag[k] for k in sorted(diag))]
+    floats = [c.point.f, program.solver.stationarity(c.point), *(diag[k] for k in sorted(diag))]
     return ints, jnp.stack([jnp.asarray(v, c.x.dtype) for v in floats])
 
 
@@ -354,7 +354,7 @@ def final_evaluation(program: Program, c: Carry, inputs: Inputs):
     """f and ‖∇f‖ at x_k under (s_k, B_k), for a solve that stopped without one there."""
     program.objective.traces.bump("solve_final")
     point, _ = _oracle(program, c, inputs, toplevel=True).objgrad(c.x)
-    return point.f, safe_norm(point.g)
+    return point.f, program.solver.stationarity(point)
 
 
 def initial_shape(program: Program, start: tuple, inputs: Inputs) -> Any:
