@@ -594,9 +594,17 @@ class _Solve:
         evaluation is not fresh, and the solver steps (`advance`) only when the tests
         let it: an iteration evaluates nothing it does not use.
         """
+        if self.batch_changed and info.known == Known.FRESH:
+            # x_k's evaluation was made on the previous batch: evaluate it again.
+            known = jnp.asarray(Known.STALE, jnp.int32)
+            mesh = self.nlp.mesh
+            carry = dataclasses.replace(
+                carry, known=known if mesh is None else replicate(known, mesh)
+            )
+            info = dataclasses.replace(info, known=Known.STALE)
         if self.opts.callback is None:
             return self._device("run", carry, n=n)
-        if info.known != Known.FRESH or self.batch_changed:
+        if info.known != Known.FRESH:
             carry, info = self._device("settle", carry)
         else:
             carry, info = self._device("test", carry)

@@ -267,30 +267,44 @@ def _going(c: Carry) -> Bool[Array, ""]:
     return (c.status == CONTINUE) & (c.fault == Fault.NONE)
 
 
+def _settle_or_test(program: Program, c: Carry, inputs: Inputs, limits: Limits) -> Carry:
+    """The tests at x_k, evaluating it again first unless its evaluation is fresh.
+
+    No evaluation is made past a limit either.
+    """
+    spared = (c.known == Known.FRESH) | _at_limit(c, limits)
+    return jax.lax.cond(
+        spared,
+        lambda c: _test(program, c, limits),
+        lambda c: settle(program, c, inputs, limits),
+        c,
+    )
+
+
 def run(program: Program, c: Carry, inputs: Inputs, limits: Limits):
-    """Up to `limits.n_steps` iterations in one `lax.while_loop` (stops early on any status)."""
+    """Up to `limits.n_steps` iterations in one `lax.while_loop` (stops early on any status).
+
+    Each pass of the loop is `advance` then `settle` (or only the tests when the new
+    point's evaluation is fresh), so the loop stops on the tests at the point it
+    ends on. When the objective has no state and the solver is multi-evaluation,
+    the evaluation at x_{k+1} is always fresh within a call (the batch changes only
+    between calls), and the loop body carries no branch.
+    """
     program.objective.traces.bump("solve_run")
     start = c.iter
+    c = _settle_or_test(program, c, inputs, limits)
+    always_fresh = not program.rule.one_step and not jax.tree_util.tree_leaves(c.state)
 
     def body(c: Carry) -> Carry:
-        # No evaluation past a limit, nor when x_k's evaluation is still fresh.
-        spared = (c.known == Known.FRESH) | _at_limit(c, limits)
-        c = jax.lax.cond(
-            spared,
-            lambda c: _test(program, c, limits),
-            lambda c: settle(program, c, inputs, limits),
-            c,
-        )
-        return jax.lax.cond(_going(c), lambda c: advance(program, c, inputs), lambda c: c, c)
+        c = advance(program, c, inputs)
+        if always_fresh:
+            return _test(program, c, limits)
+        return _settle_or_test(program, c, inputs, limits)
 
     def cond(c: Carry) -> Bool[Array, ""]:
         return _going(c) & (c.iter - start < limits.n_steps)
 
     c = jax.lax.while_loop(cond, body, c)
-    # The stopping tests at the point the chunk ends on, so the host sees a stop there.
-    c = jax.lax.cond(
-        _going(c) & (c.known == Known.FRESH), lambda c: _test(program, c, limits), lambda c: c, c
-    )
     return c, info(program, c)
 
 
