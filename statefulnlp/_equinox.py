@@ -159,13 +159,13 @@ class EquinoxNLPModel(StatefulNLPModel):
         inference mode (`eqx.nn.inference_mode`), in fixed-size chunks so that a
         large test set compiles once and fits in memory.
         """
+        state = required_state(state)
         data = evaluation_data(
             self._predict,
             "EquinoxNLPModel(..., predict=fn) with fn(model, state, inputs) -> logits",
             data,
             self._test_data,
         )
-        state = required_state(state)
         if self._jit_correct is None:
             self._jit_correct = jax.jit(functools.partial(_count_correct, self._predict))
         model = eqx.nn.inference_mode(self.to_model(_as_vector(x, "x")))

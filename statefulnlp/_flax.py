@@ -147,13 +147,13 @@ class FlaxNLPModel(StatefulNLPModel):
         The module runs in evaluation mode (running BatchNorm statistics, no dropout).
         `data` defaults to `test_data`; see `EquinoxNLPModel.accuracy` for its forms.
         """
+        state = required_state(state)
         data = evaluation_data(
             self._predict,
             "FlaxNLPModel(..., predict=fn) with fn(model, inputs) -> logits",
             data,
             self._test_data,
         )
-        state = required_state(state)
         if self._jit_correct is None:
             self._jit_correct = jax.jit(
                 functools.partial(_count_correct, self._predict, self._graphdef)
