@@ -43,6 +43,19 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture
+def clean_registry():
+    """Let the test register solvers of its own; the registry is restored afterwards."""
+    from statefulnlp import traits
+
+    saved = dict(traits._REGISTRY)
+    try:
+        yield
+    finally:
+        traits._REGISTRY.clear()
+        traits._REGISTRY.update(saved)
+
+
+@pytest.fixture
 def x64():
     """Run the test with 64-bit floats enabled (restored afterwards)."""
     with jax.enable_x64(True):

@@ -120,7 +120,7 @@ def test_float32_problem_solves_under_x64():
     assert stats.status == "first_order" and stats.solution.dtype == jnp.float32
 
 
-def test_the_stopping_measure_is_the_solvers():
+def test_the_stopping_measure_is_the_solvers(clean_registry):
     """A solver that measures stationarity its own way stops, and reports, by that measure."""
 
     class InfinityNorm(snlp.solvers.LBFGS):
