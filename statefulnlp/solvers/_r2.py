@@ -68,7 +68,11 @@ class R2(AbstractSolver[R2State]):
     def init(self, point: Evaluation) -> R2State:
         dtype = point.x.dtype
         gnorm = safe_norm(point.g)
-        alpha = 1.0 / 2.0 ** jnp.round(jnp.log2(gnorm + 1.0))
+        # σ0 = ‖g0‖ rounded to a power of two: a first step of about unit length,
+        # whatever the scale of f (JSO's 2^round(log2(‖g0‖ + 1)) is 1 for small ‖g0‖).
+        safe = jnp.where((gnorm > 0) & jnp.isfinite(gnorm), gnorm, 1.0)
+        power = jnp.round(jnp.log2(safe)).astype(jnp.int32)
+        alpha = jnp.ldexp(jnp.ones((), dtype), -power)  # exact, unlike exp2 in float32
         return R2State(alpha.astype(dtype), jnp.zeros((), dtype), jnp.asarray(CONTINUE, jnp.int32))
 
     def step(
@@ -80,14 +84,20 @@ class R2(AbstractSolver[R2State]):
         alpha = solver_state.alpha
         trial_x = point.x - alpha * point.g
         ft, new_state, oracle = oracle.obj(trial_x)
-        model_decrease = alpha * jnp.vdot(point.g, point.g)
+        # α‖g‖² as (α‖g‖)·‖g‖: no overflow for gradients beyond sqrt(max float).
+        gnorm = safe_norm(point.g)
+        step_length = alpha * gnorm
+        model_decrease = step_length * gnorm
         ratio = (point.f - ft) / model_decrease
         ratio = jnp.where(jnp.isfinite(ratio), ratio, -jnp.inf)
         accept = ratio >= eta1
-        alpha_max = 1.0 / eps
+        # α grows on very successful steps while the step stays representable:
+        # its length is capped relative to x (not α itself, which scales as 1/f).
+        max_length = (1.0 + safe_norm(point.x)) / eps
+        grow = (ratio >= self.eta2) & (self.gamma2 * step_length <= max_length)
         new_alpha = jnp.where(
-            ratio >= self.eta2,
-            jnp.minimum(alpha_max, self.gamma2 * alpha),
+            grow,
+            self.gamma2 * alpha,
             jnp.where(accept, alpha, self.gamma1 * alpha),
         ).astype(dtype)
 

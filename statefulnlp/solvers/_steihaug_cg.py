@@ -5,6 +5,8 @@ Hessian-vector products (Nocedal & Wright, Algorithm 7.2). It stops at the
 boundary, on negative curvature, when the residual is small, or after
 `max_iter` iterations (at most n by default). `s'Hs` is accumulated from the
 products already made, so no extra product is needed for the model decrease.
+The recursion runs on the system divided by ‖g‖, so it is the same for c·f
+and f (no square of a gradient-sized number is formed).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from .._evaluate import Evaluation, Oracle
+from .._tree import safe_norm
 
 __all__ = ["CGResult", "CGStatus", "SteihaugCG"]
 
@@ -75,12 +78,19 @@ class _CGState(eqx.Module):
 
 
 def _to_boundary(s, p, radius):
-    """τ ≥ 0 with ‖s + τ p‖ = radius."""
+    """τ ≥ 0 with ‖s + τ p‖ = radius (the root formula without cancellation)."""
     pp = jnp.vdot(p, p)
     sp = jnp.vdot(s, p)
-    ss = jnp.vdot(s, s)
-    disc = jnp.maximum(sp * sp + pp * (radius * radius - ss), 0.0)
-    return jnp.where(pp > 0, (-sp + jnp.sqrt(disc)) / jnp.where(pp > 0, pp, 1.0), 0.0)
+    gap = jnp.maximum(radius * radius - jnp.vdot(s, s), 0.0)
+    root = jnp.sqrt(sp * sp + pp * gap)
+    # For sp > 0, (−sp + root)/pp loses every digit when pp·gap << sp²; use the
+    # equivalent gap/(sp + root) there.
+    tau = jnp.where(
+        sp > 0,
+        gap / jnp.where(sp + root > 0, sp + root, 1.0),
+        (root - sp) / jnp.where(pp > 0, pp, 1.0),
+    )
+    return jnp.where(pp > 0, tau, 0.0)
 
 
 class SteihaugCG(eqx.Module):
@@ -110,7 +120,13 @@ class SteihaugCG(eqx.Module):
         n = x.shape[0]
         max_iter = n if self.max_iter is None else min(self.max_iter, n)
         zero = jnp.zeros_like(x)
-        r0 = -g
+        # Work on (H/γ) s = −g/γ with γ = ‖g‖: the same step s, but residuals of
+        # order 1, so r'r and p'Hp neither overflow nor underflow whatever the scale
+        # of f (‖g‖ = 1e20 in float32 would overflow r'r).
+        gnorm = safe_norm(g)
+        gamma = jnp.where((gnorm > 0) & jnp.isfinite(gnorm), gnorm, 1.0)
+        tol = tol / gamma
+        r0 = -g / gamma
         init = _CGState(
             s=zero,
             hs=zero,
@@ -127,6 +143,7 @@ class SteihaugCG(eqx.Module):
 
         def body(c: _CGState) -> _CGState:
             hp, orc = c.oracle.hprod(x, c.p)
+            hp = hp / gamma
             kappa = jnp.vdot(c.p, hp)
             finite = jnp.isfinite(kappa) & jnp.all(jnp.isfinite(hp))
             alpha = c.rr / jnp.where(kappa > 0, kappa, 1.0)
@@ -168,10 +185,9 @@ class SteihaugCG(eqx.Module):
         # A first product that is not finite leaves s = 0: fall back to the Cauchy
         # direction, cut to the boundary, so the trust region can still shrink.
         stuck = (final.status == CGStatus.NON_FINITE) & (jnp.vdot(final.s, final.s) == 0)
-        gnorm = jnp.sqrt(jnp.vdot(g, g))
-        cauchy = -g * (radius / jnp.where(gnorm > 0, gnorm, 1.0))
+        cauchy = -g * (radius / gamma)
         step = jnp.where(stuck, cauchy, final.s)
-        curvature = jnp.where(stuck, 0.0, jnp.vdot(final.s, final.hs))
+        curvature = jnp.where(stuck, 0.0, gamma * jnp.vdot(final.s, final.hs))
         status = jnp.where(
             final.status >= 0,
             final.status,
