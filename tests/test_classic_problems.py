@@ -1,10 +1,12 @@
 """Validation on classic test problems (float64), against scipy under the same tolerance.
 
-L-BFGS (mem=5) vs scipy L-BFGS-B (maxcor=5, ftol=0, gtol=1e-10); trunk vs scipy
-trust-ncg with the same exact Hessian-vector product (gtol=1e-10); R2 is
+L-BFGS (default, 10 pairs) vs scipy L-BFGS-B (maxcor=10, ftol=0, gtol=1e-10); trunk
+vs scipy trust-ncg with the same exact Hessian-vector product (gtol=1e-10); R2 is
 reported beside them (scipy has no counterpart). Solved means
-f − f* ≤ 1e-6·max(1, |f*|) for the known minimum f*. The evaluation counts are
-printed side by side at the end of the test run.
+f − f* ≤ 1e-6·max(1, |f*|) for the known minimum f* (or one of the local minima
+that Moré, Garbow & Hillstrom list, see `mgh.Problem`). The evaluation counts are
+printed side by side at the end of the test run; `benchmarks/bench_mgh.py` compares
+the evaluations until first solved.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def _scipy(problem, method):
 
     x0 = np.asarray(problem.x0, float)
     if method == "L-BFGS-B":
-        opts = {"maxcor": 5, "gtol": GTOL, "ftol": 0.0, "maxiter": 20000, "maxfun": 40000}
+        opts = {"maxcor": 10, "gtol": GTOL, "ftol": 0.0, "maxiter": 20000, "maxfun": 40000}
         res = so.minimize(fun, x0, jac=True, method=method, options=opts)
     else:
         res = so.minimize(
@@ -59,7 +61,7 @@ def results(report):
     with jax.enable_x64(True):
         for p in PROBLEMS:
             rows[p.name] = {
-                "lbfgs": _ours(p, snlp.solvers.LBFGS(mem=5), 20000),
+                "lbfgs": _ours(p, snlp.solvers.LBFGS(), 20000),
                 "trunk": _ours(p, snlp.solvers.Trunk(), 2000),
                 "r2": _ours(p, snlp.solvers.R2(), 20000),
                 "L-BFGS-B": _scipy(p, "L-BFGS-B"),
@@ -94,6 +96,13 @@ def results(report):
 
 def test_there_are_at_least_twenty_problems():
     assert len(PROBLEMS) >= 20
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "trunk"])
+def test_solves_every_problem(results, solver):
+    rows, _ = results
+    unsolved = [p.name for p in PROBLEMS if not p.solved(rows[p.name][solver][0])]
+    assert not unsolved, f"{solver} did not solve: {unsolved}"
 
 
 def test_lbfgs_solves_at_least_as_many_as_scipy_lbfgsb(results):
