@@ -32,6 +32,11 @@ class R2(AbstractSolver[R2State]):
     doubles it. A multi-evaluation solver: under `freeze` the trial and the
     gradient at the accepted point see the same state and batch.
 
+    Scale-free: σ0 is ‖g0‖ rounded to a power of two (a first step of about unit
+    length; JSOSolvers' 2^round(log2(‖g0‖ + 1)) is 1 for small gradients), σ may
+    fall as long as the step stays below (1 + ‖x‖)/eps, and α‖g‖² is formed as
+    (α‖g‖)·‖g‖, so the iterates of c·f are those of f for any c > 0.
+
     Attributes:
         eta1: acceptance threshold (default eps^(1/4) of the dtype).
         eta2: very-successful threshold.

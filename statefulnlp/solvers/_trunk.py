@@ -68,11 +68,19 @@ class Trunk(AbstractSolver[TrunkState]):
     problem every iteration goes back to a boundary step that fails).
 
     Monotone: a step is never accepted if f(x+s) > f(x), even when the ratio
-    says otherwise. When f barely changes (|Δf| < 10⁴·eps·|f|), the actual
-    decrease is estimated from the gradient at the trial point (accurate where
-    the difference of two f values is rounding noise), and no backtracking is
-    tried. The CG forcing term min(0.1, sqrt(‖g‖/‖g0‖)) is relative, so the
-    iterates of c·f are those of f for any c > 0.
+    says otherwise, nor with f(x+s) = f(x) unless ‖∇f‖ decreases. When f barely
+    changes (|Δf| < 10⁴·eps·|f|), the actual decrease is estimated from the
+    gradient at the trial point (accurate where the difference of two f values
+    is rounding noise), and no backtracking is tried. A rejected step whose model
+    decrease is below the rounding error of f stops the solve with `stalled`
+    (nothing more can be gained in this dtype); a step that no longer moves x,
+    or a radius below eps·(1 + ‖x‖), with `small_step`.
+
+    Scale-free: the CG forcing term is min(0.1, sqrt(‖g‖/‖g0‖)) (relative to
+    ‖g0‖, and not forced down by 0.9 at every iteration as in JSOSolvers, which
+    on minibatch problems makes CG solve every batch's Newton system exactly)
+    and Δ0 = `initial_radius`, so the iterates of c·f are those of f for any
+    c > 0.
 
     With `LBFGSModel`/`LSR1Model` problems the products use the quasi-Newton
     approximation instead of the exact Hessian.
