@@ -24,8 +24,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 from digits_cnn import LeNet, loss
 
 import statefulnlp as snlp
-from statefulnlp.datasets import digits_split
 from statefulnlp._evaluate import StateRule
+from statefulnlp.datasets import digits_split
 from statefulnlp.solvers._loop import Inputs, Limits, Program, compiled
 
 
