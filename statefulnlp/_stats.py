@@ -63,7 +63,10 @@ _MESSAGES = {
     Status.MAX_TIME: "stopped: the time limit (max_time) was reached",
     Status.USER: "stopped by the user: the callback returned True",
     Status.SMALL_STEP: "stopped: the step became too small to change the iterate",
-    Status.STALLED: "stalled: the solver could not make further progress (no acceptable step)",
+    Status.STALLED: (
+        "stalled: no step decreases f any further (along every direction tried, or below "
+        "the rounding error of f in this dtype)"
+    ),
     Status.NOT_DESC: "stopped: the search direction is not a descent direction",
     Status.UNBOUNDED: "the objective seems unbounded below",
     Status.EXCEPTION: (
