@@ -42,6 +42,21 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop compiled programs after each test module.
+
+    The whole suite in one process compiles hundreds of solve loops; kept alive they
+    exhausted memory in XLA's compiler late in the run (an abort while compiling, in
+    test_reliability), while each module alone passes.
+    """
+    yield
+    from statefulnlp.solvers import _loop
+
+    _loop.compiled.cache_clear()
+    jax.clear_caches()
+
+
 @pytest.fixture
 def clean_registry():
     """Let the test register solvers of its own; the registry is restored afterwards."""
