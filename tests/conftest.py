@@ -9,6 +9,7 @@ Profiles (choose with HYPOTHESIS_PROFILE=name):
 
 from __future__ import annotations
 
+import gc
 import os
 
 import equinox as eqx
@@ -55,6 +56,7 @@ def _release_compiled_programs():
 
     _loop.compiled.cache_clear()
     jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture
