@@ -227,10 +227,27 @@ def make_flattener(tree: PyTree, name: str) -> Flattener:
     return Flattener(treedef, tuple(shapes), tuple(dtypes), jnp.dtype(flat_dtype))
 
 
-def safe_norm(v: jax.Array) -> jax.Array:
-    """‖v‖₂ without overflow or underflow for extreme entries (scaled by max |v_i|)."""
-    scale = jnp.max(jnp.abs(v)) if v.size else jnp.zeros((), v.dtype)
+def _scaled_norm(v: jax.Array) -> jax.Array:
+    """‖v‖₂ computed on v / max |v_i| (no overflow or underflow; two passes)."""
+    scale = jnp.max(jnp.abs(v))
     ok = (scale > 0) & jnp.isfinite(scale)
     safe_scale = jnp.where(ok, scale, 1.0)
     scaled = jnp.sqrt(jnp.sum((v / safe_scale) ** 2)) * safe_scale
     return jnp.where(ok, scaled, jnp.where(scale > 0, scale, 0.0)).astype(v.dtype)
+
+
+def safe_norm(v: jax.Array) -> jax.Array:
+    """‖v‖₂ without overflow or underflow for extreme entries.
+
+    One pass (the sum of squares) when that sum is finite and far above the
+    underflow threshold, which is nearly always; otherwise, through `lax.cond`,
+    the norm of v / max |v_i|. (The scaled form alone costs three reductions per
+    call, a quarter of an L-BFGS iteration on a 1000-variable problem.)
+    """
+    if not v.size:
+        return jnp.zeros((), v.dtype)
+    finfo = jnp.finfo(v.dtype)
+    squares = jnp.sum(v * v)
+    # Below tiny/eps², squares that underflowed to 0 could matter relative to the sum.
+    plain = jnp.isfinite(squares) & (squares >= finfo.tiny / finfo.eps**2)
+    return jax.lax.cond(plain, lambda: jnp.sqrt(squares), lambda: _scaled_norm(v))

@@ -56,6 +56,7 @@ from ._loop import (
     Program,
     compiled,
     initial_shape,
+    unpack,
 )
 from ._loop import info as info_of
 
@@ -262,9 +263,9 @@ class _Info:
         return self.status == CONTINUE and self.fault == Fault.NONE
 
 
-def _read(out: tuple[Any, Any]) -> _Info:
-    """The host copy of a device call's info vectors (one transfer)."""
-    ints, floats = jax.device_get(out)
+def _read(packed: Any, dtype: Any) -> _Info:
+    """The host copy of a device call's info vector (one transfer)."""
+    ints, floats = unpack(packed, dtype)
     values: dict[str, Any] = {k: int(v) for k, v in zip(INT_FIELDS, ints)}
     values.update({k: float(v) for k, v in zip(FLOAT_FIELDS, floats)})
     values["diag"] = tuple(float(v) for v in floats[len(FLOAT_FIELDS) :])
@@ -431,7 +432,7 @@ class _Solve:
         limits = self.limits._replace(n_steps=np.int32(n))
         new, out = function(*args, self._inputs(), limits)
         self.batch_changed = False
-        info = _read(out)
+        info = _read(out, self.nlp.dtype)
         self._sync_counters(info)
         self._raise_fault(info, new)
         self.last = (new, info)
@@ -510,7 +511,7 @@ class _Solve:
         carry = dataclasses.replace(carry, status=jnp.asarray(CONTINUE, jnp.int32))
         mesh = nlp.mesh  # every leaf on the mesh, as a fresh carry's
         carry = carry if mesh is None else replicate(carry, mesh)
-        return carry, _read(info_of(self.program, carry))
+        return carry, _read(info_of(self.program, carry), self.nlp.dtype)
 
     def _check_start(self, meta: dict[str, Any]) -> None:
         """An explicit `x0=`/`state=` must be where the checkpointed solve started."""
@@ -526,7 +527,7 @@ class _Solve:
 
     def _verify_point(self, carry: Carry) -> None:
         """f and ∇f stored for the resumed iterate must be those of this problem."""
-        info = _read(info_of(self.program, carry))
+        info = _read(info_of(self.program, carry), self.nlp.dtype)
         if info.known != Known.FRESH or self.batch_changed:
             return  # the loop evaluates x again before it uses anything
         f, gnorm = (float(v) for v in self.compiled.final(carry, self._inputs()))

@@ -120,14 +120,15 @@ class LBFGS(AbstractSolver[LBFGSState]):
         # No decrease: forget the pairs and retry from steepest descent; if the
         # memory was already empty, stop.
         memory = dataclasses.replace(memory, count=jnp.where(accepted, memory.count, 0))
-        moved = jnp.any(new.x != point.x)
+        step_length = safe_norm(s)
+        moved = step_length > 0  # s = 0 exactly when x_{k+1} == x_k
         stalled = ~accepted & ~quasi_newton
         status = jnp.where(
             accepted & ~moved,
             Status.SMALL_STEP.code,
             jnp.where(stalled, Status.STALLED.code, CONTINUE),
         ).astype(jnp.int32)
-        length = jnp.where(accepted, safe_norm(s), solver_state.last_length).astype(dtype)
+        length = jnp.where(accepted, step_length, solver_state.last_length).astype(dtype)
         step = Step(x=new.x, accepted=accepted, evaluation=new)
         state = LBFGSState(memory, result.step_size, result.trials, length, status)
         return step, state, oracle

@@ -292,10 +292,11 @@ class StrongWolfe(AbstractLineSearch):
             collapsed = bracketed & (width <= eps * span)
             # No decrease yet and every step left in [0, hi] changes f by less than its
             # rounding error: nothing can be detected any more.
-            hopeless = (
-                bracketed
-                & (lo.t == 0)
-                & (_tiny_effect(jnp.abs(hi.t), df0, f0) | _no_move(point.x, hi.t, direction))
+            # (`_no_move` reads all of x: it is computed only when it can matter.)
+            undecided = bracketed & (lo.t == 0)
+            hopeless = undecided & (
+                _tiny_effect(jnp.abs(hi.t), df0, f0)
+                | jax.lax.cond(undecided, lambda: _no_move(point.x, hi.t, direction), lambda: no)
             )
             return _WolfeState(
                 t=next_t,

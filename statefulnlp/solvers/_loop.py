@@ -344,8 +344,13 @@ def advance_call(program: Program, c: Carry, inputs: Inputs, limits: Limits):
     return c, info(program, c)
 
 
-def info(program: Program, c: Carry) -> tuple[Int[Array, " k"], Float[Array, " m"]]:
-    """The scalars the host reads after a call, as one int and one float vector."""
+def info(program: Program, c: Carry) -> Int[Array, " k"]:
+    """The scalars the host reads after a call, packed in one int32 vector (one transfer).
+
+    `INT_FIELDS` first, then f, the stationarity measure and the solver's diagnostics
+    (sorted by name, the log's column order) in x's dtype, bit-cast to int32; `unpack`
+    reads them back.
+    """
     ints = jnp.stack(
         [
             c.status,
@@ -359,9 +364,16 @@ def info(program: Program, c: Carry) -> tuple[Int[Array, " k"], Float[Array, " m
         ]
     ).astype(jnp.int32)
     diag = program.solver.diagnostics(c.solver_state)
-    # The log's columns are the diagnostics' names in sorted order.
     floats = [c.point.f, program.solver.stationarity(c.point), *(diag[k] for k in sorted(diag))]
-    return ints, jnp.stack([jnp.asarray(v, c.x.dtype) for v in floats])
+    floats = jnp.stack([jnp.asarray(v, c.x.dtype) for v in floats])
+    return jnp.concatenate([ints, jax.lax.bitcast_convert_type(floats, jnp.int32).reshape(-1)])
+
+
+def unpack(packed: Any, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """`(ints, floats)` of an `info` vector, on the host."""
+    values = np.asarray(packed)
+    k = len(INT_FIELDS)
+    return values[:k], values[k:].view(np.dtype(dtype))
 
 
 def final_evaluation(program: Program, c: Carry, inputs: Inputs):
