@@ -22,8 +22,10 @@ point, and `StateRule` (never the solver, never the loop) decides from it:
 * **one-step violations**: a solver registered one-step safe that evaluates in
   its step is a fault that becomes `SolverTraitError`.
 
-Which policy a solver may use (and `IncompatibleStatePolicyError`) is decided
-by its trait, before any evaluation (`statefulnlp.traits.resolve_policy`).
+* **which policy**: `StateRule.for_solver` picks the policy from the solver's
+  trait (`propagate` for one-step solvers, `freeze` otherwise) or checks the
+  one asked for, before any evaluation: `propagate` with a multi-evaluation
+  solver is an `IncompatibleStatePolicyError`.
 
 The oracle is a pure pytree: each call returns an updated oracle whose `Tally`
 counts the evaluations and, under `reject`, records which state leaves an
@@ -41,6 +43,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
+from ._errors import IncompatibleStatePolicyError
 from ._problem import Objective
 from ._tree import PyTree, changed_mask, tree_select
 from .traits import StatePolicy
@@ -236,6 +239,33 @@ class StateRule:
 
     policy: StatePolicy
     one_step: bool
+
+    @staticmethod
+    def default_policy(one_step_safe: bool) -> StatePolicy:
+        """`propagate` for one-step solvers, `freeze` for multi-evaluation solvers."""
+        return StatePolicy.PROPAGATE if one_step_safe else StatePolicy.FREEZE
+
+    @classmethod
+    def for_solver(cls, traits: Any, requested: Any = None) -> StateRule:
+        """The rule for a solver with `traits` (a `SolverTraits`): the policy
+        `requested` (a `StatePolicy` or its name), or the trait's default when None.
+
+        Raises `IncompatibleStatePolicyError` for `propagate` with a multi-evaluation
+        solver, naming the solver, why, and what to use instead.
+        """
+        if requested is None:
+            return cls(cls.default_policy(traits.one_step_safe), traits.one_step_safe)
+        policy = StatePolicy.parse(requested)
+        if policy is StatePolicy.PROPAGATE and not traits.one_step_safe:
+            raise IncompatibleStatePolicyError(
+                f"state_policy='propagate' cannot be used with solver {traits.name!r}: it is a "
+                "multi-evaluation solver (it compares or combines several evaluations per "
+                "iteration, e.g. in a line search or trust-region test), so feeding each "
+                "evaluation's new state into the next would make it compare values of different "
+                "functions. Use state_policy='freeze' (the default for this solver: one state "
+                "per iteration, advanced once per accepted step) or 'reject' for a pure objective."
+            )
+        return cls(policy, traits.one_step_safe)
 
     @property
     def check_mutation(self) -> bool:

@@ -120,7 +120,9 @@ class SolverTraits:
     @property
     def default_policy(self) -> StatePolicy:
         """`propagate` for one-step solvers, `freeze` for multi-evaluation solvers."""
-        return StatePolicy.PROPAGATE if self.one_step_safe else StatePolicy.FREEZE
+        from ._evaluate import StateRule
+
+        return StateRule.default_policy(self.one_step_safe)
 
     @property
     def kind(self) -> str:
@@ -128,8 +130,11 @@ class SolverTraits:
 
     def allows(self, policy: StatePolicy | str) -> bool:
         """Whether `policy` may be used with this solver."""
-        policy = StatePolicy.parse(policy)
-        return self.one_step_safe or policy is not StatePolicy.PROPAGATE
+        try:
+            resolve_policy(self, policy)
+        except IncompatibleStatePolicyError:
+            return False
+        return True
 
 
 # name -> (class, traits). Filled by the solver modules at import time and by users.
@@ -273,7 +278,8 @@ def resolve_policy(traits: SolverTraits, policy: Any) -> StatePolicy:
     """The policy to use: `policy` (or the trait's default when None), checked.
 
     Raises `IncompatibleStatePolicyError` for `propagate` with a multi-evaluation
-    solver, naming the solver, why, and what to use instead.
+    solver, naming the solver, why, and what to use instead. (The decision is
+    made by `StateRule.for_solver`, in the module that owns the state policy.)
 
     Example:
         ```python
@@ -283,19 +289,9 @@ def resolve_policy(traits: SolverTraits, policy: Any) -> StatePolicy:
         assert policy == "freeze"
         ```
     """
-    if policy is None:
-        return traits.default_policy
-    policy = StatePolicy.parse(policy)
-    if not traits.allows(policy):
-        raise IncompatibleStatePolicyError(
-            f"state_policy='propagate' cannot be used with solver {traits.name!r}: it is a "
-            "multi-evaluation solver (it compares or combines several evaluations per "
-            "iteration, e.g. in a line search or trust-region test), so feeding each "
-            "evaluation's new state into the next would make it compare values of different "
-            "functions. Use state_policy='freeze' (the default for this solver: one state per "
-            "iteration, advanced once per accepted step) or 'reject' for a pure objective."
-        )
-    return policy
+    from ._evaluate import StateRule
+
+    return StateRule.for_solver(traits, policy).policy
 
 
 def _ensure_builtin() -> None:

@@ -355,7 +355,7 @@ def solve(
             "plain Python values (numbers, strings, tuples), not arrays"
         ) from None
     solver_traits = _traits.of(solver)
-    policy = _traits.resolve_policy(solver_traits, state_policy)
+    rule = StateRule.for_solver(solver_traits, state_policy)
     check_dtype_mode(nlp)
     start = start_point(nlp, x0, state)
     hessian = nlp.hessian
@@ -378,7 +378,6 @@ def solve(
         checkpoint_every=checkpoint_every,
         resume=resume,
     )
-    rule = StateRule(policy, solver_traits.one_step_safe)
     program = Program(nlp.objective, solver, rule, hessian)
     given = (x0 is not None, state is not None)
     return _Solve(nlp, program, solver_traits, opts, (start, given)).run()
