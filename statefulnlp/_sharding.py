@@ -38,6 +38,7 @@ from ._tree import PyTree
 __all__ = [
     "ShardedStream",
     "agree",
+    "agree_stop",
     "batch_sharding",
     "replicate",
     "shard_batch",
@@ -140,6 +141,22 @@ def agree(values: Sequence[int | float | bool]) -> tuple[Any, ...]:
 
     out = multihost_utils.broadcast_one_to_all(np.asarray(values, np.float64))
     return tuple(type(v)(w) for v, w in zip(values, np.asarray(out).tolist()))
+
+
+def agree_stop(any_process: bool, process_zero: bool) -> tuple[bool, bool]:
+    """`(any process's any_process, process 0's process_zero)`, on every process.
+
+    For the host's stop decisions after an iteration: a callback that asks to stop
+    on one process stops all of them; a time limit follows process 0's clock. One
+    collective; every process calls it at the same point.
+    """
+    if jax.process_count() == 1:
+        return bool(any_process), bool(process_zero)
+    from jax.experimental import multihost_utils
+
+    flags = np.asarray([any_process, process_zero], np.int32)
+    every = np.asarray(multihost_utils.process_allgather(flags)).reshape(-1, 2)
+    return bool(every[:, 0].any()), bool(every[0, 1])
 
 
 def write_once(write: Callable[[], None], name: str) -> None:

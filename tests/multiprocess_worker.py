@@ -6,13 +6,16 @@
 Every process runs the same script, as a user's would: build the same problem on
 a mesh over `jax.devices()`, solve it with L-BFGS under freeze (a callback draws a
 new minibatch every iteration) writing a checkpoint every 4 iterations, then
-resume from the iteration-4 checkpoint and solve to the same end. Each process
+resume from the iteration-4 checkpoint and solve to the same end; last, a solve
+whose callback asks to stop on one process only, with the log on. Each process
 writes what it saw to OUT_DIR/result_<process>.npz for the test to compare;
 the process exits non-zero on any failure.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -30,6 +33,7 @@ import statefulnlp as snlp
 MAX_ITER = 10
 EVERY = 4
 BATCH = 64
+STOP_AT = 3
 
 
 def count_writes(path: str) -> list[int]:
@@ -132,6 +136,22 @@ def main() -> None:
 
     resumed = snlp.solve(nlp, solver, resume=at4, **kw)  # the data position comes from the file
     result.update(summary(resumed, "resumed_"))
+
+    # A callback that asks to stop on the last process only (in a one-process run,
+    # that process) stops every process at the same iteration; the log is printed
+    # by process 0 alone.
+    def stop_on_last(nlp, solver, stats):
+        nlp.next_batch()
+        return stats.iter == STOP_AT and process == jax.process_count() - 1
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        stopped = snlp.solve(
+            nlp, solver, state_policy="freeze", callback=stop_on_last, max_iter=MAX_ITER, verbose=1
+        )
+    result["stop_iter"] = np.asarray(stopped.iter)
+    result["stop_status"] = np.asarray(str(stopped.status))
+    result["stop_lines"] = np.asarray(len(printed.getvalue().splitlines()))
     np.savez(os.path.join(out_dir, f"result_{process}.npz"), **result)
     times["resume"] = time.perf_counter()
     report = ", ".join(f"{k} {v - t0:.1f}s" for k, v in times.items())

@@ -98,7 +98,7 @@ def test_two_processes_equal_one_process_and_resume_from_process_zero_checkpoint
     # The solve ran to the limit and both processes hold the very same result.
     assert int(p0["full_iter"]) == 10 and str(p0["full_status"]) == "max_iter"
     for key in p0:
-        if key not in ("ranges", "writes"):
+        if key not in ("ranges", "writes", "stop_lines"):
             np.testing.assert_array_equal(p0[key], p1[key], err_msg=key)
 
     # Equal to the single-process run on as many devices: the same programs on the
@@ -116,6 +116,14 @@ def test_two_processes_equal_one_process_and_resume_from_process_zero_checkpoint
     assert int(p0["at4_iter"]) == int(ref["at4_iter"]) == 4
     for result in (p0, p1, ref):
         _same(result, result, "resumed_", "full_")
+
+    # A callback that asked to stop on process 1 only stopped both processes after the
+    # same iteration (else the next collective would hang); process 0 alone printed
+    # the log: the header (2 lines) and one row per iteration from 0 to 3.
+    for result in (p0, p1, ref):
+        assert int(result["stop_iter"]) == 3 and str(result["stop_status"]) == "user"
+    assert int(p0["stop_lines"]) == int(ref["stop_lines"]) == 2 + 4
+    assert int(p1["stop_lines"]) == 0
 
 
 def test_loader_rows_are_each_process_part_of_the_global_batch():

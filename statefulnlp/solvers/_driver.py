@@ -41,7 +41,7 @@ from .._errors import (
 )
 from .._evaluate import Fault, Known, StateRule
 from .._problem import AbstractNLPModel, check_dtype_mode, check_problem, start_point
-from .._sharding import agree, replicate
+from .._sharding import agree, agree_stop, replicate
 from .._stats import Stats, Status
 from .._tree import signature
 from ..traits import StatePolicy
@@ -223,6 +223,8 @@ class _Log:
         self.header_done = False
 
     def row(self, info: _Info, elapsed: float) -> None:
+        if jax.process_index() != 0:
+            return  # multi-process: one log, from process 0
         if not self.header_done:
             extra = "".join(f"{k:>10}" for k in self.columns)
             print(
@@ -674,18 +676,24 @@ class _Solve:
                 log.row(info, elapsed + self.previous_elapsed)
             if not info.going:
                 break
+            user_stop = False
             if opts.callback is not None and steps > 0:
                 snapshot = self._stats(carry, info, Status.UNKNOWN, elapsed, final=False)
-                if _wants_stop(opts.callback(nlp, program.solver, snapshot)):
-                    host_status = Status.USER
+                user_stop = _wants_stop(opts.callback(nlp, program.solver, snapshot))
                 if nlp.batch_version != self.version:
                     self.version = nlp.batch_version
                     self.batch_changed = True
             over_time = (
                 opts.max_time is not None
-                and agree((time.perf_counter() - t0 + self.previous_elapsed >= opts.max_time,))[0]
-            )  # multi-process: process 0's clock decides for all
-            if over_time and host_status is None:
+                and time.perf_counter() - t0 + self.previous_elapsed >= opts.max_time
+            )
+            if opts.callback is not None or opts.max_time is not None:
+                # Multi-process: a stop asked by any process's callback stops them all,
+                # and process 0's clock decides the time limit for all.
+                user_stop, over_time = agree_stop(user_stop, over_time)
+            if user_stop:
+                host_status = Status.USER
+            elif over_time:
                 host_status = Status.MAX_TIME
             if opts.checkpoint_every and steps > 0 and info.iter % opts.checkpoint_every == 0:
                 self._save(carry, info, time.perf_counter() - t0, self.batch_changed)

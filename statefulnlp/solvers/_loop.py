@@ -102,19 +102,27 @@ def _finite(point: Evaluation) -> Bool[Array, ""]:
     return jnp.isfinite(point.f) & jnp.all(jnp.isfinite(point.g))
 
 
-def _oracle(program: Program, c: Carry, inputs: Inputs, toplevel: bool) -> Oracle:
-    """The frozen function f_k of the carry's iteration: state s_k, batch B_k."""
+def _frozen(
+    program: Program, state: PyTree, memory: PyTree, tally: Tally, inputs: Inputs
+) -> Oracle:
+    """The frozen function of one iteration: `state` and the batch of `inputs`."""
     return Oracle(
         core=program.objective,
-        state=c.state,
+        state=state,
         batch=inputs.batch,
         consts=inputs.consts,
         hessian=program.hessian,
-        memory=c.memory,
+        memory=memory,
         check_mutation=program.rule.check_mutation,
-        tally=c.tally,
-        toplevel=toplevel,
+        tally=tally,
+        toplevel=True,
     )
+
+
+def _oracle(program: Program, c: Carry, inputs: Inputs, toplevel: bool) -> Oracle:
+    """The frozen function f_k of the carry's iteration: state s_k, batch B_k."""
+    oracle = _frozen(program, c.state, c.memory, c.tally, inputs)
+    return dataclasses.replace(oracle, toplevel=toplevel)
 
 
 def _stateless(point: Evaluation) -> Evaluation:
@@ -130,17 +138,7 @@ def first(program: Program, start: tuple, inputs: Inputs, limits: Limits) -> Car
     rule = program.rule
     dtype = x0.dtype
     n_leaves = len(jax.tree_util.tree_leaves(state0))
-    oracle = Oracle(
-        core=program.objective,
-        state=state0,
-        batch=inputs.batch,
-        consts=inputs.consts,
-        hessian=program.hessian,
-        memory=memory,
-        check_mutation=rule.check_mutation,
-        tally=Tally.zeros(n_leaves),
-        toplevel=True,
-    )
+    oracle = _frozen(program, state0, memory, Tally.zeros(n_leaves), inputs)
     point, oracle = oracle.objgrad(x0)
     eps = jnp.finfo(dtype).eps
     finite = _finite(point)
