@@ -23,14 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import traits as _traits
-from .._checkpoint import (
-    fingerprint,
-    load_checkpoint,
-    read_meta,
-    save_checkpoint,
-    settings,
-    tree_digest,
-)
 from .._errors import (
     CheckpointError,
     InvalidArgumentError,
@@ -43,9 +35,9 @@ from .._evaluate import Fault, Known, StateRule
 from .._problem import AbstractNLPModel, check_dtype_mode, check_problem, start_point
 from .._sharding import agree, agree_stop, replicate
 from .._stats import Stats, Status
-from .._tree import signature
 from ..traits import StatePolicy
 from ._base import CONTINUE, AbstractSolver
+from ._checkpointing import Checkpointing
 from ._loop import (
     FLOAT_FIELDS,
     INT_FIELDS,
@@ -398,8 +390,8 @@ class _Solve:
     ):
         """`start`: the checked `(x0, state)` and whether each was given to `solve`."""
         self.nlp = nlp
-        (self.x0, self.state0), self.start_given = start
-        self.identity: dict[str, Any] | None = None
+        self.x0, self.state0 = start[0]
+        self.checkpoints = Checkpointing(nlp, program, traits.name, start)
         self.program = program
         self.traits = traits
         self.opts = opts
@@ -488,25 +480,9 @@ class _Solve:
     def _resume(self) -> tuple[Carry, _Info]:
         """The carry of the checkpoint `opts.resume`, checked to belong to this solve."""
         nlp, opts = self.nlp, self.opts
-        template = initial_shape(self.program, self._start(), self._inputs())
-        # The problem's data position is restored first (the identity is checked on the
-        # batch the checkpoint saw) and put back if the checkpoint is refused.
-        before = nlp.data_position()
         assert opts.resume is not None
-        try:
-            meta = read_meta(opts.resume)
-            if meta.get("data_position"):
-                nlp.restore_data_position(meta["data_position"])
-            self._check_start(meta)
-            carry, meta = load_checkpoint(opts.resume, template, self._identity())
-            # Continue exactly as the interrupted run would have: same pending batch
-            # change, and the stop it recorded (a limit, say) is lifted.
-            self.batch_changed = bool(meta.get("batch_changed", False))
-            self._verify_point(carry)
-        except BaseException:
-            if before:
-                nlp.restore_data_position(before)
-            raise
+        template = initial_shape(self.program, self._start(), self._inputs())
+        carry, meta = self.checkpoints.resume(opts.resume, template, self._verify_point)
         self.previous_elapsed = float(meta.get("elapsed_time", 0.0))
         self.counted = {k: int(meta["counters"][k]) for k in ("obj", "grad", "hprod")}
         carry = dataclasses.replace(carry, status=jnp.asarray(CONTINUE, jnp.int32))
@@ -514,20 +490,13 @@ class _Solve:
         carry = carry if mesh is None else replicate(carry, mesh)
         return carry, _read(info_of(self.program, carry), self.nlp.dtype)
 
-    def _check_start(self, meta: dict[str, Any]) -> None:
-        """An explicit `x0=`/`state=` must be where the checkpointed solve started."""
-        for name, given, value in (
-            ("x0", self.start_given[0], self.x0),
-            ("state", self.start_given[1], self.state0),
-        ):
-            if given and meta.get(f"start_{name}") != tree_digest(value):
-                raise CheckpointError(
-                    f"resume: the checkpointed solve did not start from the {name} given here; "
-                    f"pass the same {name} as the interrupted solve, or none"
-                )
+    def _verify_point(self, carry: Carry, meta: dict[str, Any]) -> None:
+        """f and ∇f stored for the resumed iterate must be those of this problem.
 
-    def _verify_point(self, carry: Carry) -> None:
-        """f and ∇f stored for the resumed iterate must be those of this problem."""
+        The resumed solve continues exactly as the interrupted one would have: with
+        the same pending batch change (taken from `meta`).
+        """
+        self.batch_changed = bool(meta.get("batch_changed", False))
         info = _read(info_of(self.program, carry), self.nlp.dtype)
         if info.known != Known.FRESH or self.batch_changed:
             return  # the loop evaluates x again before it uses anything
@@ -543,28 +512,6 @@ class _Solve:
                 f"problem has f = {f:.6g} and ‖∇f‖ = {gnorm:.3g}, but the checkpoint recorded "
                 f"f = {info.f:.6g} and ‖∇f‖ = {info.gnorm:.3g} (other data or another objective?)"
             )
-
-    def _identity(self) -> dict[str, Any]:
-        """What a checkpoint must match to be resumed by this solve (see `IDENTITY`).
-
-        Computed once per solve, on the batch current at its start (or, when
-        resuming, the checkpoint's batch): a later batch may be one fn rejects.
-        """
-        if self.identity is None:
-            nlp = self.nlp
-            inputs = self._inputs()
-            args = (self.x0, self.state0, inputs.batch, inputs.consts)
-            self.identity = {
-                "nvar": nlp.nvar,
-                "dtype": str(nlp.dtype),
-                "solver": self.traits.name,
-                "solver_settings": settings(self.program.solver),
-                "state_policy": self.program.rule.policy.value,
-                "data_kind": nlp.data_kind,
-                "problem": fingerprint(self.program.objective.value, *args),
-                "problem_batch": str(signature(inputs.batch).leaves),
-            }
-        return self.identity
 
     # -- chunk sizes ----------------------------------------------------------------
     def _chunk(self, iter_now: int, per_iter: float | None, elapsed: float) -> int:
@@ -642,7 +589,7 @@ class _Solve:
             self.last = (carry, info)
             return carry, info
         if self.opts.checkpoint is not None:
-            self._identity()  # on the batch this solve starts with
+            self.checkpoints.identity()  # on the batch this solve starts with
         if self._one_call():
             n = max(self.opts.max_iter, 0)
             return self._device("solve_once", self._start(), n=n)
@@ -720,19 +667,14 @@ class _Solve:
             )
 
     def _save(self, carry: Carry, info: _Info, elapsed: float, batch_changed: bool) -> None:
-        meta = dict(self._identity())
-        meta.update(
-            start_x0=tree_digest(self.x0),
-            start_state=tree_digest(self.state0),
-            iter=info.iter,
-            counters=info.counters,
-            elapsed_time=elapsed + self.previous_elapsed,
-            data_position=self.nlp.data_position(),
-            batch_changed=bool(batch_changed),
-            exact_resume=self.nlp.exact_resume,
-        )
         assert self.opts.checkpoint is not None
-        save_checkpoint(self.opts.checkpoint, carry, meta)
+        progress = {
+            "iter": info.iter,
+            "counters": info.counters,
+            "elapsed_time": elapsed + self.previous_elapsed,
+            "batch_changed": bool(batch_changed),
+        }
+        self.checkpoints.save(self.opts.checkpoint, carry, progress)
 
     def _stats(
         self, carry: Carry, info: _Info, status: Status, elapsed: float, *, final: bool
