@@ -53,10 +53,10 @@ class Forecaster(eqx.Module):
     cell: eqx.nn.GRUCell
     head: eqx.nn.Linear
 
-    def __init__(self, key):
+    def __init__(self, key, hidden: int = HIDDEN):
         k1, k2 = jax.random.split(key)
-        self.cell = eqx.nn.GRUCell(1, HIDDEN, key=k1)
-        self.head = eqx.nn.Linear(HIDDEN, 1, key=k2)
+        self.cell = eqx.nn.GRUCell(1, hidden, key=k1)
+        self.head = eqx.nn.Linear(hidden, 1, key=k2)
 
     def run(self, h, xs):
         def step(h, x):

@@ -10,7 +10,9 @@ Profiles (choose with HYPOTHESIS_PROFILE=name):
 from __future__ import annotations
 
 import gc
+import importlib
 import os
+import sys
 
 import equinox as eqx
 import jax
@@ -181,6 +183,18 @@ def oracle_factory(fn, n, hessian=None, memory=None):
         )
 
     return make
+
+
+EXAMPLES = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, "examples"))
+
+
+def import_example(name: str):
+    """The example script `examples/<name>.py` as a module (tests reuse its models)."""
+    sys.path.insert(0, EXAMPLES)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(EXAMPLES)
 
 
 def make_mlp(seed=0):

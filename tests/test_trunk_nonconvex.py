@@ -15,12 +15,15 @@ statistics), updated at each accepted step, so f_k depends on s_k.
 
 from __future__ import annotations
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from conftest import import_example
 
 import statefulnlp as snlp
+
+# The GRU forecaster of examples/gru_stateful.py, smaller.
+Forecaster = import_example("gru_stateful").Forecaster
 
 STREAMS, WINDOW, HIDDEN = 16, 12, 8
 
@@ -39,23 +42,6 @@ def _windows(seed=0, n_windows=6):
     ]
 
 
-class _RNN(eqx.Module):
-    cell: eqx.nn.GRUCell
-    head: eqx.nn.Linear
-
-    def __init__(self, key):
-        k1, k2 = jax.random.split(key)
-        self.cell = eqx.nn.GRUCell(1, HIDDEN, key=k1)
-        self.head = eqx.nn.Linear(HIDDEN, 1, key=k2)
-
-    def run(self, h, xs):
-        def step(h, x):
-            h = self.cell(x[None], h)
-            return h, self.head(h)[0]
-
-        return jax.lax.scan(step, h, xs)
-
-
 def _loss(model, mean, batch):
     x = batch["x"] - mean
     _, preds = jax.vmap(model.run)(jnp.zeros((STREAMS, HIDDEN)), x)
@@ -69,7 +55,9 @@ def _data_loss(model, mean, windows):
 
 
 def _train(solver, windows, iters, seed):
-    nlp = snlp.EquinoxNLPModel(_RNN(jax.random.key(seed)), jnp.zeros(()), _loss, windows)
+    nlp = snlp.EquinoxNLPModel(
+        Forecaster(jax.random.key(seed), hidden=HIDDEN), jnp.zeros(()), _loss, windows
+    )
     before = {"x": nlp.x0, "state": nlp.state0}
     decreases = []
 
