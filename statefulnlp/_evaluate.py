@@ -102,11 +102,6 @@ class Oracle(eqx.Module):
         memory: the quasi-Newton pair memory (None for exact HVPs).
         check_mutation: True under the `reject` policy.
         tally: counts and mutation flags so far.
-        toplevel: True when this iteration runs as a top-level program (one iteration
-            per device call) rather than inside the solve's `lax.while_loop`; solvers
-            may then make their first, most likely evaluation outside their own loops
-            and branches (XLA on CPU runs convolutions inside loop bodies and branches
-            far slower than at the top level).
 
     Example:
         ```python
@@ -143,7 +138,6 @@ class Oracle(eqx.Module):
     memory: PyTree
     check_mutation: bool = eqx.field(static=True)
     tally: Tally
-    toplevel: bool = eqx.field(static=True, default=False)
 
     def _record(self, new_state: PyTree, obj: int = 0, grad: int = 0, hprod: int = 0) -> Oracle:
         tally = self.tally.add(obj, grad, hprod)

@@ -23,6 +23,27 @@ def _nlp():
     return snlp.StatefulNLPModel(_pure, jnp.ones(3))
 
 
+class _ArrayStep(snlp.solvers.AbstractSolver):
+    """A solver whose setting is an array: it cannot be a static argument of jit."""
+
+    scale: jax.Array
+
+    def init(self, point):
+        return None
+
+    def step(self, oracle, point, solver_state):
+        return (
+            snlp.solvers.Step(point.x - self.scale * point.g, jnp.asarray(True), None),
+            None,
+            oracle,
+        )
+
+
+def _solve_array_step():
+    traits.register(_ArrayStep, one_step_safe=True, name="test-array-step")
+    snlp.solve(_nlp(), _ArrayStep(jnp.ones(3)))
+
+
 def _solve(**kwargs):
     return lambda: snlp.solve(_nlp(), kwargs.pop("solver", "lbfgs"), **kwargs)
 
@@ -131,6 +152,11 @@ CASES = {
     "solve nlp not a problem": (lambda: snlp.solve("problem", "lbfgs"), TypeError, "nlp"),
     "solve unknown solver": (_solve(solver="bfgs"), KeyError, "solver"),
     "solve non-solver": (_solve(solver=object()), TypeError, "solver"),
+    "solver with an array setting": (
+        _solve_array_step,
+        TypeError,
+        "unhashable",
+    ),
     "solve unknown policy": (_solve(state_policy="frozen"), KeyError, "state_policy"),
     "solve policy not a str": (_solve(state_policy=1), TypeError, "state_policy"),
     "solve negative atol": (_solve(atol=-1.0), ValueError, "atol"),
@@ -275,7 +301,7 @@ def test_at_least_thirty_bad_inputs():
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_gets_a_clear_typed_error(case):
+def test_bad_input_gets_a_clear_typed_error(case, clean_registry):
     call, builtin, words = CASES[case]
     with pytest.raises(snlp.StatefulNLPError) as info:
         call()

@@ -341,13 +341,6 @@ def solve(
     """
     check_problem(nlp)
     solver = _make_solver(solver)
-    try:
-        hash(solver)
-    except TypeError:
-        raise InvalidTypeError(
-            f"solver: {type(solver).__name__} has unhashable fields; solver settings must be "
-            "plain Python values (numbers, strings, tuples), not arrays"
-        ) from None
     solver_traits = _traits.of(solver)
     rule = StateRule.for_solver(solver_traits, state_policy)
     check_dtype_mode(nlp)
@@ -399,7 +392,14 @@ class _Solve:
         self.previous_elapsed = 0.0
         self.batch_changed = False
         self.version = nlp.batch_version
-        self.compiled = compiled(program)
+        self.dtype = nlp.dtype
+        try:
+            self.compiled = compiled(program)  # hashes the program, so the solver too
+        except TypeError:
+            raise InvalidTypeError(
+                f"solver: {type(program.solver).__name__} has unhashable fields; solver settings "
+                "must be plain Python values (numbers, strings, tuples), not arrays"
+            ) from None
         self.limits = Limits(
             np.int32(0),
             np.int32(min(opts.max_iter, INT_MAX)),
@@ -416,7 +416,7 @@ class _Solve:
         """`(x0, state0, (atol, rtol), memory)`: what the first stage starts from."""
         nlp, opts = self.nlp, self.opts
         memory = nlp.memory if self.program.hessian is not None else None
-        tolerances = (np.asarray(opts.atol, nlp.dtype), np.asarray(opts.rtol, nlp.dtype))
+        tolerances = (np.asarray(opts.atol, self.dtype), np.asarray(opts.rtol, self.dtype))
         return (self.x0, self.state0, tolerances, memory)
 
     def _device(self, name: str, *args: Any, n: int = 0) -> tuple[Carry, _Info]:
@@ -425,7 +425,7 @@ class _Solve:
         limits = self.limits._replace(n_steps=np.int32(n))
         new, out = function(*args, self._inputs(), limits)
         self.batch_changed = False
-        info = _read(out, self.nlp.dtype)
+        info = _read(out, self.dtype)
         self._sync_counters(info)
         self._raise_fault(info, new)
         self.last = (new, info)
@@ -488,7 +488,7 @@ class _Solve:
         carry = dataclasses.replace(carry, status=jnp.asarray(CONTINUE, jnp.int32))
         mesh = nlp.mesh  # every leaf on the mesh, as a fresh carry's
         carry = carry if mesh is None else replicate(carry, mesh)
-        return carry, _read(info_of(self.program, carry), self.nlp.dtype)
+        return carry, _read(info_of(self.program, carry), self.dtype)
 
     def _verify_point(self, carry: Carry, meta: dict[str, Any]) -> None:
         """f and ∇f stored for the resumed iterate must be those of this problem.
@@ -497,12 +497,12 @@ class _Solve:
         the same pending batch change (taken from `meta`).
         """
         self.batch_changed = bool(meta.get("batch_changed", False))
-        info = _read(info_of(self.program, carry), self.nlp.dtype)
+        info = _read(info_of(self.program, carry), self.dtype)
         if info.known != Known.FRESH or self.batch_changed:
             return  # the loop evaluates x again before it uses anything
         f, gnorm = (float(v) for v in self.compiled.final(carry, self._inputs()))
         self.nlp.counters.add(obj=1, grad=1)
-        rel = math.sqrt(float(jnp.finfo(self.nlp.dtype).eps))
+        rel = math.sqrt(float(jnp.finfo(self.dtype).eps))
         tol = float(jax.device_get(carry.tol))
         f_ok = abs(f - info.f) <= rel * max(abs(f), abs(info.f)) + rel**2
         g_ok = abs(gnorm - info.gnorm) <= rel * max(gnorm, info.gnorm) + tol

@@ -102,7 +102,7 @@ def _finite(point: Evaluation) -> Bool[Array, ""]:
     return jnp.isfinite(point.f) & jnp.all(jnp.isfinite(point.g))
 
 
-def _frozen(
+def _oracle(
     program: Program, state: PyTree, memory: PyTree, tally: Tally, inputs: Inputs
 ) -> Oracle:
     """The frozen function of one iteration: `state` and the batch of `inputs`."""
@@ -115,14 +115,7 @@ def _frozen(
         memory=memory,
         check_mutation=program.rule.check_mutation,
         tally=tally,
-        toplevel=True,
     )
-
-
-def _oracle(program: Program, c: Carry, inputs: Inputs, toplevel: bool) -> Oracle:
-    """The frozen function f_k of the carry's iteration: state s_k, batch B_k."""
-    oracle = _frozen(program, c.state, c.memory, c.tally, inputs)
-    return dataclasses.replace(oracle, toplevel=toplevel)
 
 
 def _stateless(point: Evaluation) -> Evaluation:
@@ -138,7 +131,7 @@ def first(program: Program, start: tuple, inputs: Inputs, limits: Limits) -> Car
     rule = program.rule
     dtype = x0.dtype
     n_leaves = len(jax.tree_util.tree_leaves(state0))
-    oracle = _frozen(program, state0, memory, Tally.zeros(n_leaves), inputs)
+    oracle = _oracle(program, state0, memory, Tally.zeros(n_leaves), inputs)
     point, oracle = oracle.objgrad(x0)
     eps = jnp.finfo(dtype).eps
     finite = _finite(point)
@@ -181,9 +174,7 @@ def _test(program: Program, c: Carry, limits: Limits) -> Carry:
     return dataclasses.replace(c, status=status, fault=program.rule.fault(c.tally, c.fault))
 
 
-def settle(
-    program: Program, c: Carry, inputs: Inputs, limits: Limits, toplevel: bool = False
-) -> Carry:
+def settle(program: Program, c: Carry, inputs: Inputs, limits: Limits) -> Carry:
     """Evaluate x_k again under (s_k, B_k) (counted), fall back on NaN, then test.
 
     A non-finite evaluation stops the solve at the last good point: x_k itself
@@ -191,7 +182,7 @@ def settle(
     else the previous iterate (one-step solvers, whose x_k was never evaluated).
     """
     rule = program.rule
-    point, oracle = _oracle(program, c, inputs, toplevel).objgrad(c.x)
+    point, oracle = _oracle(program, c.state, c.memory, c.tally, inputs).objgrad(c.x)
     finite = _finite(point)
     here = (c.x, c.state, rule.carried(point))
     fallback = (c.x, c.state, c.point)
@@ -213,11 +204,11 @@ def settle(
     return _test(program, evaluated, limits)
 
 
-def advance(program: Program, c: Carry, inputs: Inputs, toplevel: bool = False) -> Carry:
+def advance(program: Program, c: Carry, inputs: Inputs) -> Carry:
     """One solver step from the fresh, finite evaluation at x_k."""
     rule = program.rule
     solver = program.solver
-    oracle = _oracle(program, c, inputs, toplevel)
+    oracle = _oracle(program, c.state, c.memory, c.tally, inputs)
     point = rule.full(c.point, c.state)
     step, solver_state, oracle = solver.step(oracle, point, c.solver_state)
     if rule.one_step and step.evaluation is not None:
@@ -322,7 +313,7 @@ def first_call(program: Program, start: tuple, inputs: Inputs, limits: Limits):
 def settle_call(program: Program, c: Carry, inputs: Inputs, limits: Limits):
     """`settle` as a straight-line top-level program (the callback path)."""
     program.objective.traces.bump("solve_settle")
-    c = settle(program, c, inputs, limits, toplevel=True)
+    c = settle(program, c, inputs, limits)
     return c, info(program, c)
 
 
@@ -338,7 +329,7 @@ def advance_call(program: Program, c: Carry, inputs: Inputs, limits: Limits):
     """`advance` as a straight-line top-level program (the callback path)."""
     del limits
     program.objective.traces.bump("solve_advance")
-    c = advance(program, c, inputs, toplevel=True)
+    c = advance(program, c, inputs)
     return c, info(program, c)
 
 
@@ -377,7 +368,7 @@ def unpack(packed: Any, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
 def final_evaluation(program: Program, c: Carry, inputs: Inputs):
     """f and ‖∇f‖ at x_k under (s_k, B_k), for a solve that stopped without one there."""
     program.objective.traces.bump("solve_final")
-    point, _ = _oracle(program, c, inputs, toplevel=True).objgrad(c.x)
+    point, _ = _oracle(program, c.state, c.memory, c.tally, inputs).objgrad(c.x)
     return point.f, program.solver.stationarity(point)
 
 
