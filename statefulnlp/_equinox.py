@@ -12,7 +12,7 @@ from jaxtyping import Array, Float
 
 from ._errors import InvalidArgumentError, InvalidTypeError
 from ._metrics import REQUIRED, accuracy_over, count_hits, evaluation_data, required_state
-from ._problem import StatefulNLPModel, _as_vector
+from ._problem import StatefulNLPModel, _as_vector, check_model_functions
 from ._tree import PyTree, to_jax_tree
 
 __all__ = ["EquinoxNLPModel"]
@@ -117,12 +117,7 @@ class EquinoxNLPModel(StatefulNLPModel):
     ):
         if not isinstance(model, eqx.Module):
             raise InvalidTypeError(f"model: expected an equinox.Module, got {type(model).__name__}")
-        if not callable(loss):
-            raise InvalidTypeError(f"loss: expected a callable, got {type(loss).__name__}")
-        if predict is not None and not callable(predict):
-            raise InvalidTypeError(
-                f"predict: expected a callable or None, got {type(predict).__name__}"
-            )
+        check_model_functions(loss, predict)
         params, consts, static = _split_model(model)
         if not jax.tree_util.tree_leaves(params):
             raise InvalidArgumentError("model: has no inexact (float) array to optimize")

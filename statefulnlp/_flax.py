@@ -20,7 +20,7 @@ from jaxtyping import Array, Float
 
 from ._errors import InvalidArgumentError, InvalidTypeError
 from ._metrics import REQUIRED, accuracy_over, count_hits, evaluation_data, required_state
-from ._problem import StatefulNLPModel, _as_vector
+from ._problem import StatefulNLPModel, _as_vector, check_model_functions
 from ._tree import PyTree
 
 __all__ = ["FlaxNLPModel"]
@@ -108,12 +108,7 @@ class FlaxNLPModel(StatefulNLPModel):
     ):
         if not isinstance(model, nnx.Module):
             raise InvalidTypeError(f"model: expected a flax.nnx.Module, got {type(model).__name__}")
-        if not callable(loss):
-            raise InvalidTypeError(f"loss: expected a callable, got {type(loss).__name__}")
-        if predict is not None and not callable(predict):
-            raise InvalidTypeError(
-                f"predict: expected a callable or None, got {type(predict).__name__}"
-            )
+        check_model_functions(loss, predict)
         _check_filter(variables)
         graphdef, params, state = nnx.split(model, variables, ...)
         if not jax.tree_util.tree_leaves(params):

@@ -701,6 +701,16 @@ def check_problem(nlp: Any) -> None:
         )
 
 
+def check_model_functions(loss: Any, predict: Any) -> None:
+    """A model problem's `loss` must be callable, and `predict` callable or None."""
+    if not callable(loss):
+        raise InvalidTypeError(f"loss: expected a callable, got {type(loss).__name__}")
+    if predict is not None and not callable(predict):
+        raise InvalidTypeError(
+            f"predict: expected a callable or None, got {type(predict).__name__}"
+        )
+
+
 def check_dtype_mode(nlp: AbstractNLPModel) -> None:
     """Refuse a float64 problem while JAX's 64-bit mode is off (it would be truncated)."""
     dtype = jnp.dtype(nlp.dtype)

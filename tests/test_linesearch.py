@@ -19,13 +19,9 @@ FUNCTIONS = {
 }
 
 
-@pytest.mark.parametrize("name", list(FUNCTIONS))
-@pytest.mark.parametrize("step0", [1e-3, 1.0, 50.0])
-def test_strong_wolfe_conditions_hold(name, step0):
-    fn = FUNCTIONS[name]
-    x0 = jnp.array([0.3, -0.2])
-    search = StrongWolfe(c1=1e-4, c2=0.9)
-    make = oracle_factory(fn, 2)
+def _steepest_search(search, fn, x0, step0):
+    """`search` along −∇f from x0 (jitted): the start point, d, the result, the tally."""
+    make = oracle_factory(fn, x0.shape[0])
 
     @jax.jit
     def run(x0):
@@ -35,7 +31,16 @@ def test_strong_wolfe_conditions_hold(name, step0):
         result, oracle = search.search(oracle, point, d, jnp.asarray(step0, x0.dtype))
         return point, d, result, oracle.tally
 
-    point, d, result, tally = run(x0)
+    return run(x0)
+
+
+@pytest.mark.parametrize("name", list(FUNCTIONS))
+@pytest.mark.parametrize("step0", [1e-3, 1.0, 50.0])
+def test_strong_wolfe_conditions_hold(name, step0):
+    fn = FUNCTIONS[name]
+    x0 = jnp.array([0.3, -0.2])
+    search = StrongWolfe(c1=1e-4, c2=0.9)
+    point, d, result, tally = _steepest_search(search, fn, x0, step0)
     t = float(result.step_size)
     assert bool(result.wolfe) and t > 0
     f0, df0 = float(point.f), float(point.g @ d)
@@ -93,17 +98,7 @@ def test_backtracking_armijo_sufficient_decrease(name):
     fn = FUNCTIONS[name]
     x0 = jnp.array([0.3, -0.2])
     search = BacktrackingArmijo(c1=1e-4, factor=0.5)
-    make = oracle_factory(fn, 2)
-
-    @jax.jit
-    def run(x0):
-        oracle = make()
-        point, oracle = oracle.objgrad(x0)
-        d = -point.g
-        result, oracle = search.search(oracle, point, d, jnp.asarray(8.0, x0.dtype))
-        return point, d, result, oracle.tally
-
-    point, d, result, tally = run(x0)
+    point, d, result, tally = _steepest_search(search, fn, x0, 8.0)
     t = float(result.step_size)
     assert bool(result.decrease) and not bool(result.wolfe) and t > 0
     assert t == 8.0 * 0.5 ** (int(result.trials) - 1)  # the first acceptable power of 1/2

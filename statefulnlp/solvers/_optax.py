@@ -83,6 +83,13 @@ class Optax(AbstractSolver[PyTree]):
 
     Learning-rate schedules advance once per iteration (optax's own count).
 
+    A line search inside optax evaluates f_k through the oracle's `value_fn`: under the
+    frozen state and batch of the iteration, and counted (one evaluation of f and
+    ∇f per `num_linesearch_steps` optax records). Because `value_fn` can return
+    only the scalar optax expects, the states returned at optax's own trial points
+    are discarded unseen: under `reject` the state check runs at the evaluations
+    statefulnlp makes (x_k and the accepted point), not at those trial points.
+
     Example:
         ```python
         import jax.numpy as jnp, optax
