@@ -30,7 +30,7 @@ from ._tree import PyTree, is_key_array
 __all__ = ["fingerprint", "load_checkpoint", "read_meta", "save_checkpoint"]
 
 FORMAT = "statefulnlp-checkpoint"
-VERSION = 2  # 2: the carry of the one-iteration-body loop (Known, Fault, last_good)
+VERSION = 3  # 2: the one-iteration-body carry (Known, Fault, last_good); 3: PairMemory.ynorm
 
 
 def _leaf_to_numpy(leaf: Any) -> tuple[np.ndarray, str | None]:

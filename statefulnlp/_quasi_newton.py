@@ -35,6 +35,7 @@ class PairMemory(eqx.Module):
     Attributes:
         S, Y: `(m, n)` storage; slot `order[j]` holds the j-th oldest pair.
         sy: `(m,)` the products s_i'y_i, slot by slot.
+        ynorm: `(m,)` the norms ‖y_i‖, slot by slot (for the scaling of H_0).
         count: number of valid pairs (the newest `count` ones).
         head: the slot the next pair is written to.
     """
@@ -42,6 +43,7 @@ class PairMemory(eqx.Module):
     S: Float[Array, "m n"]
     Y: Float[Array, "m n"]
     sy: Float[Array, " m"]
+    ynorm: Float[Array, " m"]
     count: Int[Array, ""]
     head: Int[Array, ""]
 
@@ -49,7 +51,8 @@ class PairMemory(eqx.Module):
     def empty(cls, mem: int, n: int, dtype: Any) -> PairMemory:
         z = jnp.zeros((mem, n), dtype)
         zero = jnp.zeros((), jnp.int32)
-        return cls(z, z, jnp.zeros((mem,), dtype), zero, zero)
+        zm = jnp.zeros((mem,), dtype)
+        return cls(z, z, zm, zm, zero, zero)
 
     @property
     def mem(self) -> int:
@@ -70,16 +73,25 @@ class PairMemory(eqx.Module):
         return self.S[self.order], self.Y[self.order]
 
     def push(
-        self, s: Float[Array, " n"], y: Float[Array, " n"], keep: Bool[Array, ""]
+        self,
+        s: Float[Array, " n"],
+        y: Float[Array, " n"],
+        keep: Bool[Array, ""],
+        ynorm: Float[Array, ""] | None = None,
     ) -> PairMemory:
-        """Store (s, y) as the newest pair, over the oldest one, when `keep` is True."""
+        """Store (s, y) as the newest pair, over the oldest one, when `keep` is True.
+
+        `ynorm` is ‖y‖ when the caller has it already (else it is computed).
+        """
         i = self.head
+        ynorm = safe_norm(y) if ynorm is None else ynorm
         S = self.S.at[i].set(jnp.where(keep, s, self.S[i]))
         Y = self.Y.at[i].set(jnp.where(keep, y, self.Y[i]))
         sy = self.sy.at[i].set(jnp.where(keep, jnp.vdot(s, y), self.sy[i]))
+        yn = self.ynorm.at[i].set(jnp.where(keep, ynorm, self.ynorm[i]))
         count = jnp.where(keep, jnp.minimum(self.count + 1, self.mem), self.count)
         head = jnp.where(keep, (i + 1) % self.mem, i)
-        return PairMemory(S, Y, sy, count.astype(jnp.int32), head.astype(jnp.int32))
+        return PairMemory(S, Y, sy, yn, count.astype(jnp.int32), head.astype(jnp.int32))
 
     def cleared(self) -> PairMemory:
         """The same storage with no valid pair."""
@@ -92,21 +104,28 @@ class PairMemory(eqx.Module):
         gradient of 1e20 in float32).
         """
         i = (self.head - 1) % self.mem
-        ynorm = safe_norm(self.Y[i])
-        sy = self.sy[i]  # cached by `push`
+        ynorm = self.ynorm[i]  # cached by `push`, as s'y
+        sy = self.sy[i]
         ok = (self.count > 0) & (sy > 0) & (ynorm > 0)
         return jnp.where(ok, ynorm * (ynorm / jnp.where(ok, sy, 1.0)), 1.0).astype(self.S.dtype)
 
 
-def curvature_ok(s: Float[Array, " n"], y: Float[Array, " n"]) -> Bool[Array, ""]:
+def curvature_ok(
+    s: Float[Array, " n"],
+    y: Float[Array, " n"],
+    norms: tuple[Float[Array, ""], Float[Array, ""]] | None = None,
+) -> Bool[Array, ""]:
     """The pair test s'y > eps·‖s‖·‖y‖: positive curvature, by a scale-free margin.
+
+    `norms` is `(‖s‖, ‖y‖)` when the caller has them already.
 
     The cosine of the angle between s and y must exceed eps of the dtype, whatever
     the scale of f (the former test s'y > eps·y'y was not invariant to f → c·f and
     overflowed for large gradients).
     """
     eps = jnp.finfo(s.dtype).eps
-    return jnp.vdot(s, y) > eps * safe_norm(s) * safe_norm(y)
+    snorm, ynorm = (safe_norm(s), safe_norm(y)) if norms is None else norms
+    return jnp.vdot(s, y) > eps * snorm * ynorm
 
 
 def two_loop(memory: PairMemory, g: Float[Array, " n"]) -> Float[Array, " n"]:
@@ -177,8 +196,8 @@ class BFGSOperator(_DirectOperator):
     """Limited-memory BFGS approximation B (Nocedal & Wright, eq. 6.19, unrolled)."""
 
     def push(self, memory: QNMemory, s: Float[Array, " n"], y: Float[Array, " n"]) -> QNMemory:
-        keep = curvature_ok(s, y)
-        pairs = memory.pairs.push(s, y, keep)
+        norms = (safe_norm(s), safe_norm(y))
+        pairs = memory.pairs.push(s, y, curvature_ok(s, y, norms), norms[1])
         gamma = pairs.newest_scaling()
         m, n = pairs.S.shape
         valid = pairs.valid

@@ -321,3 +321,23 @@ def test_corrupt_checkpoint_messages_are_plain(tmp_path):
         snlp.solve(_rosenbrock(), "lbfgs", resume=garbage)
     message = str(info.value)
     assert "allow_pickle" not in message and "\\x" not in message and "NUMPY" not in message
+
+
+def test_checkpoint_of_another_format_version_is_refused_by_name(tmp_path):
+    """A file written by another statefulnlp (its carry laid out differently) is refused."""
+    from statefulnlp._checkpoint import VERSION
+
+    path, old = tmp_path / "run.ckpt", tmp_path / "old.ckpt"
+    snlp.solve(_rosenbrock(), "lbfgs", max_iter=3, checkpoint=path)
+    with np.load(path, allow_pickle=False) as data:
+        arrays = dict(data)
+    meta = json.loads(bytes(arrays["__meta__"]).decode())
+    meta["version"] = VERSION - 1
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    with open(old, "wb") as fh:
+        np.savez(fh, **arrays)
+    with pytest.raises(
+        snlp.CheckpointError, match=f"version {VERSION - 1}.*reads version {VERSION}"
+    ):
+        snlp.solve(_rosenbrock(), "lbfgs", resume=old)
+    snlp.solve(_rosenbrock(), "lbfgs", max_iter=6, resume=path)  # the file as written resumes

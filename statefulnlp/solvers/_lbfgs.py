@@ -116,11 +116,12 @@ class LBFGS(AbstractSolver[LBFGSState]):
         accepted = result.decrease
         s = new.x - point.x
         y = new.g - g
-        memory = memory.push(s, y, accepted & curvature_ok(s, y))
+        step_length = safe_norm(s)
+        norms = (step_length, safe_norm(y))
+        memory = memory.push(s, y, accepted & curvature_ok(s, y, norms), norms[1])
         # No decrease: forget the pairs and retry from steepest descent; if the
         # memory was already empty, stop.
         memory = dataclasses.replace(memory, count=jnp.where(accepted, memory.count, 0))
-        step_length = safe_norm(s)
         moved = step_length > 0  # s = 0 exactly when x_{k+1} == x_k
         stalled = ~accepted & ~quasi_newton
         status = jnp.where(

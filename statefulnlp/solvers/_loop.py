@@ -270,18 +270,16 @@ def _settle_or_test(program: Program, c: Carry, inputs: Inputs, limits: Limits) 
     )
 
 
-def run(program: Program, c: Carry, inputs: Inputs, limits: Limits):
-    """Up to `limits.n_steps` iterations in one `lax.while_loop` (stops early on any status).
+def _iterate(program: Program, c: Carry, inputs: Inputs, limits: Limits) -> Carry:
+    """Up to `limits.n_steps` iterations from a tested carry, in one `lax.while_loop`.
 
-    Each pass of the loop is `advance` then `settle` (or only the tests when the new
-    point's evaluation is fresh), so the loop stops on the tests at the point it
-    ends on. When the objective has no state and the solver is multi-evaluation,
-    the evaluation at x_{k+1} is always fresh within a call (the batch changes only
+    Each pass is `advance` then `settle` (or only the tests when the new point's
+    evaluation is fresh), so the loop stops on the tests at the point it ends on.
+    When the objective has no state and the solver is multi-evaluation, the
+    evaluation at x_{k+1} is always fresh within a call (the batch changes only
     between calls), and the loop body carries no branch.
     """
-    program.objective.traces.bump("solve_run")
     start = c.iter
-    c = _settle_or_test(program, c, inputs, limits)
     always_fresh = not program.rule.one_step and not jax.tree_util.tree_leaves(c.state)
 
     def body(c: Carry) -> Carry:
@@ -293,14 +291,28 @@ def run(program: Program, c: Carry, inputs: Inputs, limits: Limits):
     def cond(c: Carry) -> Bool[Array, ""]:
         return _going(c) & (c.iter - start < limits.n_steps)
 
-    c = jax.lax.while_loop(cond, body, c)
+    return jax.lax.while_loop(cond, body, c)
+
+
+def run(program: Program, c: Carry, inputs: Inputs, limits: Limits):
+    """The tests at x_k (evaluating it again first if the state or batch changed since),
+    then up to `limits.n_steps` iterations: one chunk of the device-loop path."""
+    program.objective.traces.bump("solve_run")
+    c = _settle_or_test(program, c, inputs, limits)
+    c = _iterate(program, c, inputs, limits)
     return c, info(program, c)
 
 
 def solve_once(program: Program, start: tuple, inputs: Inputs, limits: Limits):
-    """`first` and `run` in one device call (a solve with nothing for the host between)."""
+    """`first` and the iterations in one device call (nothing for the host between).
+
+    `first` ends with the tests on a fresh evaluation, so no re-evaluation branch
+    is compiled before the loop.
+    """
+    program.objective.traces.bump("solve_once")
     c = first(program, start, inputs, limits)
-    return run(program, c, inputs, limits)
+    c = _iterate(program, c, inputs, limits)
+    return c, info(program, c)
 
 
 def first_call(program: Program, start: tuple, inputs: Inputs, limits: Limits):
