@@ -483,6 +483,9 @@ class _Solve:
         assert opts.resume is not None
         template = initial_shape(self.program, self._start(), self._inputs())
         carry, meta = self.checkpoints.resume(opts.resume, template, self._verify_point)
+        # Continue exactly as the interrupted run would have: with the same pending
+        # batch change, and the stop it recorded (a limit, say) lifted.
+        self.batch_changed = bool(meta.get("batch_changed", False))
         self.previous_elapsed = float(meta.get("elapsed_time", 0.0))
         self.counted = {k: int(meta["counters"][k]) for k in ("obj", "grad", "hprod")}
         carry = dataclasses.replace(carry, status=jnp.asarray(CONTINUE, jnp.int32))
@@ -491,14 +494,9 @@ class _Solve:
         return carry, _read(info_of(self.program, carry), self.dtype)
 
     def _verify_point(self, carry: Carry, meta: dict[str, Any]) -> None:
-        """f and ∇f stored for the resumed iterate must be those of this problem.
-
-        The resumed solve continues exactly as the interrupted one would have: with
-        the same pending batch change (taken from `meta`).
-        """
-        self.batch_changed = bool(meta.get("batch_changed", False))
+        """f and ∇f stored for the resumed iterate must be those of this problem."""
         info = _read(info_of(self.program, carry), self.dtype)
-        if info.known != Known.FRESH or self.batch_changed:
+        if info.known != Known.FRESH or meta.get("batch_changed", False):
             return  # the loop evaluates x again before it uses anything
         f, gnorm = (float(v) for v in self.compiled.final(carry, self._inputs()))
         self.nlp.counters.add(obj=1, grad=1)
